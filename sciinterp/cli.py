@@ -1,0 +1,72 @@
+"""``sciinterp`` command line: Hydra at the edge, plain functions underneath.
+
+Usage::
+
+    sciinterp harvest|train|analyze|report|intervene|run [--force] [key=value ...] [-m]
+    sciinterp adapters list
+
+Every ``key=value`` is a Hydra override of the configs in ``conf/`` (shipped as
+``sciinterp.conf``); ``-m``/``--multirun`` sweeps, e.g.
+``sciinterp train -m sae.d_sae=2048,4096 sae.k=16,32``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["main"]
+
+STAGES = ("harvest", "train", "analyze", "report", "intervene", "run")
+USAGE = __doc__
+
+
+def _hydra_entry() -> None:
+    import hydra
+    from omegaconf import DictConfig
+
+    from sciinterp.pipeline import run_from_config
+
+    @hydra.main(version_base="1.3", config_path="pkg://sciinterp.conf", config_name="config")
+    def _main(cfg: DictConfig) -> None:
+        run_from_config(cfg)
+
+    _main()
+
+
+def _list_adapters() -> int:
+    from sciinterp.registry import GROUP, describe_adapters
+
+    rows = describe_adapters()
+    if not rows:
+        print(f"no adapters registered in entry-point group {GROUP!r}")
+        return 1
+    width = max(len(r[0]) for r in rows)
+    for name, target, status in rows:
+        print(f"{name:<{width}}  {target}  [{status}]")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] == "adapters":
+        if argv[1:] not in ([], ["list"]):
+            print("usage: sciinterp adapters list", file=sys.stderr)
+            return 2
+        return _list_adapters()
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        print(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}\n{USAGE}", file=sys.stderr)
+        return 2
+    overrides = ["force=true" if a == "--force" else a for a in rest]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sys.argv = [f"sciinterp {stage}", f"stage={stage}", *overrides]
+    _hydra_entry()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
