@@ -61,7 +61,7 @@ class HarvestConfig:
 
 def harvest(adapter: Any, data: Any, cfg: HarvestConfig, out: str | os.PathLike, *, force: bool = False) -> Path:
     """Record ``cfg.hooks`` activations of ``adapter`` over ``data`` into ``<out>/harvest/store.zarr``."""
-    from sciinterp.store import harvest_to_store
+    from sciinterp.harvest import harvest_to_store
 
     unknown = set(cfg.hooks) - set(adapter.hook_names())
     if unknown:

@@ -36,6 +36,7 @@ __all__ = [
     "StoreError",
     "StoreWriter",
     "open_store",
+    "part_path",
     "read_commit",
 ]
 
@@ -284,12 +285,31 @@ class StoreWriter:
         self.close(complete=exc_type is None)
 
 
+def part_path(path: str | os.PathLike, rank: int, world: int) -> Path:
+    """Where process ``rank`` of ``world`` writes its part of the store at ``path``."""
+    return Path(path) / f"part-{rank:05d}-of-{world:05d}.zarr"
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("part-*-of-*.zarr") if (p / COMMIT_FILE).is_file())
+
+
 def open_store(path: str | os.PathLike) -> xr.Dataset:
     """Open a store lazily (dask-backed) as an ``xarray.Dataset`` of committed rows.
 
+    ``path`` may also be a directory of parts written by several processes
+    (:func:`part_path`); they are concatenated along ``token`` in rank order.
     ``bfloat16`` stores are decoded to ``float32`` on access.
     """
     path = Path(path)
+    if not (path / COMMIT_FILE).exists() and (parts := _parts(path)):
+        dss = [open_store(p) for p in parts]
+        worlds = {p.name.split("-of-")[1] for p in parts}
+        ds = xr.concat(dss, dim="token", data_vars="all", coords="all", join="exact", combine_attrs="drop_conflicts")
+        ds.attrs["complete"] = all(d.attrs["complete"] for d in dss) and len(worlds) == 1 and len(parts) == int(
+            worlds.pop().removesuffix(".zarr")
+        )
+        return ds
     rec = read_commit(path)
     ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
     ds = ds.isel(token=slice(0, rec["n_rows"]))

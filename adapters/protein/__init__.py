@@ -1,0 +1,1 @@
+"""Protein language models (ESM-2) and biological variables."""

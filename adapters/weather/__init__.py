@@ -1,0 +1,1 @@
+"""Weather models (SFNO, FourCastNet-v2, Aurora) and physical variables."""

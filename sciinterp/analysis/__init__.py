@@ -1,0 +1,1 @@
+"""Linking SAE features to known variables: statistics, nulls, probes, discovery."""

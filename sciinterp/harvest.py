@@ -1,0 +1,110 @@
+"""Run an adapter over its data and write the activations into a store.
+
+``harvest_to_store`` is the one place that drives an :class:`~sciinterp.adapter.Adapter`:
+it resumes a store that exists (committed items are skipped), shows progress,
+records provenance, and can split the items across processes (``part=(rank, world)``),
+each process writing its own part of one store (see :func:`sciinterp.store.open_store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from sciinterp.adapter import Adapter
+from sciinterp.provenance import environment
+from sciinterp.store import StoreWriter, part_path
+
+__all__ = ["harvest_to_store"]
+
+log = logging.getLogger(__name__)
+
+
+def _rank_of(key: str, world: int) -> int:
+    """Stable item -> process assignment (independent of Python's hash seed)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") % world
+
+
+class _Skip(Collection[str]):
+    """Items not to run: already stored, or owned by another process."""
+
+    def __init__(self, done: frozenset[str], rank: int, world: int):
+        self.done, self.rank, self.world = done, rank, world
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.done or (self.world > 1 and _rank_of(str(key), self.world) != self.rank)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.done)
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+
+def harvest_to_store(
+    adapter: Adapter,
+    data: Any,
+    hooks: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+    chunk_rows: int = 8192,
+    nonfinite: Literal["error", "drop"] = "error",
+    attrs: Mapping[str, Any] | None = None,
+    part: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Record ``hooks`` of ``adapter`` over ``data`` into the store at ``path``.
+
+    Parameters
+    ----------
+    adapter, data
+        Any object fitting :class:`~sciinterp.adapter.Adapter` and its input.
+    hooks
+        Hook names, a subset of ``adapter.hook_names()``.
+    path
+        Store directory.  An existing store is resumed: its committed items are skipped.
+    part
+        ``(rank, world)``: this process harvests only its share of the items into
+        ``<path>/part-<rank>-of-<world>.zarr``; ``open_store(path)`` reads all parts as one.
+    progress
+        Show a progress bar (tokens written).
+
+    Returns
+    -------
+    Path of the store (or of this process's part).
+    """
+    unknown = [h for h in hooks if h not in adapter.hook_names()]
+    if unknown:
+        raise ValueError(f"unknown hooks {unknown} for adapter {adapter.name!r}; it has {adapter.hook_names()}")
+    rank, world = part or (0, 1)
+    if not 0 <= rank < world:
+        raise ValueError(f"part=(rank={rank}, world={world}) needs 0 <= rank < world")
+    target = part_path(path, rank, world) if part else Path(path)
+    record = {
+        "adapter": adapter.name,
+        "hooks": list(hooks),
+        **adapter.provenance(),
+        **{f"env_{k}": v for k, v in environment().items()},
+        **dict(attrs or {}),
+    }
+    writer = StoreWriter(target, dtype=dtype, chunk_rows=chunk_rows, attrs=record, nonfinite=nonfinite)
+    skip = _Skip(writer.done_items, rank, world)
+    bar = tqdm(desc=f"harvest {adapter.name}", unit="tok", initial=writer.n_rows, disable=not progress)
+    completed = False
+    try:
+        for batch in adapter.harvest(data, list(hooks), skip=skip):
+            writer.append(batch)
+            bar.update(batch.n_tokens)
+        completed = True
+    finally:
+        bar.close()
+        writer.close(complete=completed)
+    log.info("harvested %d tokens into %s", writer.n_rows, target)
+    return target

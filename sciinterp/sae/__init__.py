@@ -1,0 +1,1 @@
+"""Sparse autoencoders: configs, architectures, trainer, estimator."""
