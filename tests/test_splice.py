@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from sciinterp.generic import ModuleAdapter
+from sciinterp.splice import FeatureEdit, loss_recovered, splice
+
+
+class PerfectSAE:
+    """relu([x, -x]) decoded by [I; -I]: reconstructs any x exactly; feature i = max(x_i, 0)."""
+
+    def __init__(self, d: int):
+        self.d_in, self.d_sae = d, 2 * d
+        eye = torch.eye(d)
+        self.W_dec = torch.cat([eye, -eye])
+        self.b_dec = torch.zeros(d)
+
+    def encode_dense(self, x):
+        return torch.relu(torch.cat([x, -x], dim=-1))
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1), torch.nn.Conv2d(4, 3, 1))
+
+
+def test_perfect_sae_splice_leaves_output_unchanged_and_counts_tokens():
+    model = _model()
+    point = ModuleAdapter(model, {"h": "0"}, channel_dim=1).hook_point("h")
+    x = torch.randn(2, 2, 3, 5)
+    clean = model(x)
+    with splice(point, PerfectSAE(4)) as stats:
+        out = model(x)
+    torch.testing.assert_close(out, clean)
+    assert stats.calls == 1 and stats.tokens == 2 * 3 * 5
+    assert stats.fve == pytest.approx(1.0)
+    torch.testing.assert_close(model(x), clean)  # hook removed on exit
+
+
+def test_edits_only_at_selected_tokens():
+    model = _model()
+    point = ModuleAdapter(model, {"h": "0"}, channel_dim=1).hook_point("h")
+    x = torch.randn(1, 2, 3, 5)
+    h = model[0](x)
+    box = torch.zeros(1, 3, 5, dtype=torch.bool)
+    box[0, 1, 2:4] = True  # a "lat/lon box": row 1, columns 2-3
+    with splice(point, PerfectSAE(4), replace=None, edits=[FeatureEdit([0], "clamp", 5.0)], tokens=box) as st:
+        out = model(x)
+    expect_h = h.clone()
+    expect_h[0, 0, 1, 2:4] = 5.0 - torch.relu(-h[0, 0, 1, 2:4])  # x0 = relu(x0) - relu(-x0), relu(x0) clamped
+    torch.testing.assert_close(out, model[1](expect_h))
+    assert st.edited_tokens == 2
+
+
+def test_scale_and_ablation_baselines():
+    model = _model()
+    point = ModuleAdapter(model, {"h": "0"}, channel_dim=1).hook_point("h")
+    x = torch.randn(1, 2, 2, 2)
+    h = model[0](x)
+    with splice(point, PerfectSAE(4), edits=[FeatureEdit([1], "scale", 3.0)]):
+        out = model(x)
+    expect = h.clone()
+    expect[:, 1] = 3 * torch.relu(h[:, 1]) - torch.relu(-h[:, 1])
+    torch.testing.assert_close(out, model[1](expect))
+    with splice(point, replace="zero"):
+        torch.testing.assert_close(model(x), model[1](torch.zeros_like(h)))
+    mean = torch.arange(4.0)
+    with splice(point, replace="mean", mean=mean):
+        torch.testing.assert_close(model(x), model[1](mean.view(1, 4, 1, 1).expand_as(h)))
+
+
+def test_bad_requests_are_named():
+    point = ModuleAdapter(_model(), {"h": "0"}, channel_dim=1).hook_point("h")
+    with pytest.raises(ValueError, match="unknown feature index 8: this SAE has 8 features"):
+        with splice(point, PerfectSAE(4), edits=[FeatureEdit([8])]):
+            pass
+    with pytest.raises(ValueError, match="has 4 channels but the SAE expects d_in=3"):
+        with splice(point, PerfectSAE(3)):
+            point.module(torch.randn(1, 2, 1, 1))
+    with pytest.raises(ValueError, match="needs the mean activation"):
+        with splice(point, replace="mean"):
+            pass
+    with pytest.raises(ValueError, match="op='drop'"):
+        FeatureEdit([1], "drop")
+
+
+def test_loss_recovered():
+    assert loss_recovered(clean=2.0, spliced=2.5, ablated=4.0) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="ablation does not change the loss"):
+        loss_recovered(1.0, 1.0, 1.0)
