@@ -9,6 +9,7 @@ each process writing its own part of one store (see :func:`sciinterp.store.open_
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -18,10 +19,10 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from sciinterp.adapter import Adapter
-from sciinterp.provenance import environment
-from sciinterp.store import StoreWriter, part_path
+from sciinterp.provenance import environment, file_checksum
+from sciinterp.store import StoreError, StoreWriter, is_store, part_path
 
-__all__ = ["harvest_to_store"]
+__all__ = ["describe_data", "harvest_to_store"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,25 @@ log = logging.getLogger(__name__)
 def _rank_of(key: str, world: int) -> int:
     """Stable item -> process assignment (independent of Python's hash seed)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") % world
+
+
+def describe_data(data: Any) -> tuple[str, str]:
+    """``(description, content hash)`` of a harvest's input, recorded in the store's provenance.
+
+    Paths are hashed by content (SHA-256 of the file, or of every file below a
+    directory); lists of scalars by their JSON; other objects by
+    ``dask.base.tokenize`` (deterministic for arrays, xarray objects and dataclasses).
+    """
+    if isinstance(data, (str, os.PathLike)) and Path(data).exists():
+        return str(data), file_checksum(data)
+    if isinstance(data, (list, tuple)) and all(isinstance(x, (int, float, str, bool)) for x in data):
+        text = json.dumps(list(data))
+        return (text if len(text) <= 200 else f"{type(data).__name__} of {len(data)}"), hashlib.sha256(
+            text.encode()
+        ).hexdigest()[:16]
+    from dask.base import tokenize
+
+    return f"{type(data).__module__}.{type(data).__qualname__}", tokenize(data)[:16]
 
 
 class _Skip(Collection[str]):
@@ -70,6 +90,13 @@ def harvest_to_store(
         Hook names, a subset of ``adapter.hook_names()``.
     path
         Store directory.  An existing store is resumed: its committed items are skipped.
+    dtype, chunk_rows, nonfinite
+        See :class:`~sciinterp.store.StoreWriter`.
+    attrs
+        Extra provenance (e.g. ``{"config": resolved_config}``), added to the store's
+        attributes next to ``adapter``, ``hooks``, the adapter's ``provenance()``
+        (``model_id``, ``model_checksum``), ``dtype``, ``data_source``, ``data_hash``
+        and ``sciinterp_version``.
     part
         ``(rank, world)``: this process harvests only its share of the items into
         ``<path>/part-<rank>-of-<world>.zarr``; ``open_store(path)`` reads all parts as one.
@@ -86,12 +113,22 @@ def harvest_to_store(
     rank, world = part or (0, 1)
     if not 0 <= rank < world:
         raise ValueError(f"part=(rank={rank}, world={world}) needs 0 <= rank < world")
+    if part and is_store(path):
+        raise StoreError(f"{path} is a single store; cannot add part {rank} of {world} to it (use another path)")
+    if not part and Path(path).is_dir() and any(Path(path).glob("part-*-of-*.zarr")):
+        raise StoreError(f"{path} holds store parts; pass part=(rank, world) or choose another path")
     target = part_path(path, rank, world) if part else Path(path)
+    source, source_hash = describe_data(data)
+    env = environment()
     record = {
         "adapter": adapter.name,
         "hooks": list(hooks),
         **adapter.provenance(),
-        **{f"env_{k}": v for k, v in environment().items()},
+        "dtype": dtype,
+        "data_source": source,
+        "data_hash": source_hash,
+        "sciinterp_version": env["sciinterp"],
+        **{f"env_{k}": v for k, v in env.items()},
         **dict(attrs or {}),
     }
     writer = StoreWriter(target, dtype=dtype, chunk_rows=chunk_rows, attrs=record, nonfinite=nonfinite)

@@ -1,20 +1,26 @@
 """Sources of activation rows for training: anything that yields ``(batch, d)`` tensors.
 
-The trainer only needs :class:`RowSource`; a store, a ``.npy`` file and an
-in-memory array all fit it.
+The trainer only needs :class:`RowSource`; an activation store (:class:`StoreSource`),
+a ``.npy`` file and an in-memory array (:class:`ArraySource`) all fit it, and
+:func:`as_source` picks the right one.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-__all__ = ["ArraySource", "RowSource", "as_source"]
+__all__ = ["ArraySource", "RowSource", "StoreSource", "as_source"]
+
+log = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -52,7 +58,7 @@ class ArraySource:
         if isinstance(data, (str, os.PathLike)):
             path = Path(data)
             if not path.is_file():
-                raise FileNotFoundError(f"activation array {path} does not exist")
+                raise FileNotFoundError(f"{path} does not exist (expected an activation store directory or a (N, d) .npy file)")
             try:
                 data = np.load(path, mmap_mode="r")
             except ValueError as err:
@@ -85,8 +91,228 @@ class ArraySource:
             yield torch.from_numpy(np.ascontiguousarray(self.data[idx], dtype=np.float32))
 
 
-def as_source(data: RowSource | np.ndarray | torch.Tensor | str | os.PathLike) -> RowSource:
-    """Wrap arrays and ``.npy`` paths; pass sources through."""
+class _Chunk(NamedTuple):
+    """Rows ``[start, stop)`` of part ``part`` of a store: one zarr chunk."""
+
+    part: int
+    start: int
+    stop: int
+
+
+class StoreSource:
+    """Rows of one hook of an activation store, streamed in shuffled mini-batches.
+
+    Memory stays bounded whatever the store's size: a pass visits the store's
+    chunks in a random order (chunk-level shuffle), gathers consecutive chunks
+    into a *shuffle window* of about ``buffer_rows`` rows, and yields the window's
+    rows in a random order.  A background thread reads and decodes the next
+    ``prefetch`` chunks while the current window is consumed.
+
+    Peak memory is about ``(buffer_rows + (prefetch + 1) * chunk_rows) * d_in * 4``
+    bytes plus one batch.
+
+    Parameters
+    ----------
+    path
+        A store (``*.zarr``) or a directory of store parts (read as one, in rank order).
+    hook
+        The hook to read; may be omitted if the store holds exactly one.
+    buffer_rows
+        Rows per shuffle window (rounded up to whole chunks).  Default: as many
+        rows as fit in 256 MiB of float32, at least one chunk.
+    prefetch
+        Chunks read ahead by a background thread; ``0`` reads in the calling thread.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        hook: str | None = None,
+        *,
+        buffer_rows: int | None = None,
+        prefetch: int = 4,
+    ) -> None:
+        import zarr
+
+        from sciinterp.store import DTYPE_ATTR, StoreError, read_commit, store_parts
+
+        self.path = Path(path)
+        parts = store_parts(self.path)
+        self._arrays: list = []
+        self._chunks: list[_Chunk] = []
+        hooks: list[str] | None = None
+        for i, part in enumerate(parts):
+            rec = read_commit(part)
+            group = zarr.open_group(part, mode="r", zarr_format=3)
+            part_hooks = sorted(n for n in rec["arrays"] if group[n].ndim == 2)
+            if hooks is None:
+                hooks = part_hooks
+                if hook is None and len(hooks) != 1:
+                    raise StoreError(
+                        f"{self.path} holds {len(hooks)} hooks {hooks}; choose one with hook=..., "
+                        f"e.g. as_source({str(self.path)!r}, hook={hooks[0] if hooks else 'name'!r})"
+                    )
+                hook = hook or hooks[0]
+                if hook not in hooks:
+                    raise StoreError(f"{self.path} has no hook {hook!r}; it holds {hooks}")
+            elif part_hooks != hooks:
+                raise StoreError(f"part {part.name} of {self.path} holds hooks {part_hooks}, part {parts[0].name} {hooks}")
+            arr = group[hook]
+            if self._arrays and arr.shape[1] != self._arrays[0].shape[1]:
+                raise StoreError(
+                    f"hook {hook!r} is {arr.shape[1]} wide in {part.name} but {self._arrays[0].shape[1]} in {parts[0].name}"
+                )
+            self._arrays.append(arr)
+            step = arr.chunks[0]
+            n = rec["n_rows"]
+            self._chunks += [_Chunk(i, s, min(s + step, n)) for s in range(0, n, step)]
+        self.hook: str = hook  # type: ignore[assignment]
+        self.dtype: str = self._arrays[0].attrs.get(DTYPE_ATTR, "float32") if self._arrays else "float32"
+        self._d = int(self._arrays[0].shape[1]) if self._arrays else 0
+        self.chunk_rows = max((c.stop - c.start for c in self._chunks), default=1)
+        if buffer_rows is None:
+            buffer_rows = max(self.chunk_rows, (256 << 20) // (4 * max(self._d, 1)))
+        if buffer_rows < 1 or prefetch < 0:
+            raise ValueError(f"need buffer_rows >= 1 and prefetch >= 0, got {buffer_rows} and {prefetch}")
+        self.buffer_rows = int(buffer_rows)
+        self.prefetch = int(prefetch)
+
+    @property
+    def d_in(self) -> int:
+        return self._d
+
+    @property
+    def n_rows(self) -> int:
+        return sum(c.stop - c.start for c in self._chunks)
+
+    def __repr__(self) -> str:
+        return f"StoreSource({str(self.path)!r}, hook={self.hook!r}, n_rows={self.n_rows}, d_in={self.d_in})"
+
+    def _read(self, chunk: _Chunk) -> np.ndarray:
+        from sciinterp.store import decode_rows
+
+        return decode_rows(self._arrays[chunk.part][chunk.start : chunk.stop], self.dtype)
+
+    def _read_all(self, chunks: Sequence[_Chunk]) -> Iterator[np.ndarray]:
+        """Decoded chunks in order, read ahead by a background thread when ``prefetch``."""
+        if not self.prefetch:
+            yield from map(self._read, chunks)
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def work() -> None:
+            try:
+                for c in chunks:
+                    block = self._read(c)
+                    while not stop.is_set():
+                        try:
+                            q.put(block, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(None)
+            except BaseException as err:  # handed to the consumer
+                q.put(err)
+
+        thread = threading.Thread(target=work, name="StoreSource-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+    def _windows(self, seed: int, shuffle: bool) -> list[list[_Chunk]]:
+        if not shuffle:
+            return [[c] for c in self._chunks]
+        order = np.random.default_rng(seed).permutation(len(self._chunks))
+        windows: list[list[_Chunk]] = [[]]
+        rows = 0
+        for i in order:
+            if rows >= self.buffer_rows:
+                windows.append([])
+                rows = 0
+            windows[-1].append(self._chunks[i])
+            rows += self._chunks[i].stop - self._chunks[i].start
+        return [w for w in windows if w]
+
+    def batches(
+        self, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_row: int = 0
+    ) -> Iterator[torch.Tensor]:
+        """Yield float32 tensors ``(batch_size, d_in)`` (the last may be shorter).
+
+        One call is one pass over the rows, deterministic for ``seed``;
+        ``start_row`` skips that many rows of the pass without reading them
+        (``batches(b, start_row=k * b)`` yields what a full pass yields after ``k`` batches).
+        """
+        if batch_size < 1 or start_row < 0:
+            raise ValueError(f"need batch_size >= 1 and start_row >= 0, got {batch_size} and {start_row}")
+        windows = self._windows(seed, shuffle)
+        sizes = [sum(c.stop - c.start for c in w) for w in windows]
+        first, skip = 0, start_row
+        while first < len(windows) and skip >= sizes[first]:
+            skip -= sizes[first]
+            first += 1
+        blocks = self._read_all([c for w in windows[first:] for c in w])
+        carry: np.ndarray | None = None
+        for w in range(first, len(windows)):
+            window = np.empty((sizes[w], self._d), np.float32) if len(windows[w]) > 1 else None
+            row = 0
+            for _ in windows[w]:
+                block = next(blocks)
+                if window is None:
+                    window = block
+                else:
+                    window[row : row + len(block)] = block
+                row += len(block)
+            perm = np.random.default_rng((seed, w)).permutation(sizes[w]) if shuffle else None
+            pos = skip if w == first else 0
+            while pos < sizes[w]:
+                need = batch_size - (0 if carry is None else len(carry))
+                end = min(pos + need, sizes[w])
+                rows = window[perm[pos:end]] if perm is not None else window[pos:end]
+                pos = end
+                if carry is not None:
+                    rows, carry = np.concatenate([carry, rows]), None
+                if len(rows) == batch_size:
+                    yield torch.from_numpy(np.ascontiguousarray(rows))
+                else:
+                    carry = rows.copy() if perm is None else rows
+            del window
+        if carry is not None and len(carry):
+            yield torch.from_numpy(np.ascontiguousarray(carry))
+
+
+def as_source(
+    data: RowSource | np.ndarray | torch.Tensor | str | os.PathLike, hook: str | None = None, **kwargs
+) -> RowSource:
+    """Turn what a user has into a :class:`RowSource`.
+
+    Parameters
+    ----------
+    data
+        A :class:`RowSource` (returned as is); a store or directory of store parts
+        (:class:`StoreSource`); a ``(N, d)`` ``.npy`` file, ``numpy.ndarray`` or
+        ``torch.Tensor`` (:class:`ArraySource`).
+    hook
+        For stores: which hook to read (required if the store holds several).
+        Ignored for arrays, which hold one hook.
+    kwargs
+        Passed to :class:`StoreSource` (``buffer_rows``, ``prefetch``).
+    """
     if isinstance(data, RowSource):
         return data
-    return ArraySource(data)
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        return StoreSource(data, hook, **kwargs)
+    if isinstance(data, (str, os.PathLike, np.ndarray, torch.Tensor)):
+        return ArraySource(data)
+    raise TypeError(
+        f"cannot read activation rows from {type(data).__name__}; pass a store path, a .npy path, "
+        "a numpy array, a torch tensor, or an object with d_in, n_rows and batches()"
+    )

@@ -1,17 +1,19 @@
 """Activation store: labelled activations on disk, xarray over zarr (v3).
 
-Layout of one store (a zarr group, ``*.zarr``)::
+Layout of one store (a zarr v3 group, ``*.zarr``; see ``docs/store.md``)::
 
-    <hook>          (token, d_<hook>)   activations, one array per hook point
-    <coord>         (token,)            domain coordinates (protein, position, ...)
-    sciinterp_commit.json               rows and items committed so far
+    <hook>            (token, d_<hook>)   activations, one array per hook point
+    <coord>           (token,)            domain coordinates (protein, position, ...)
+    sciinterp_items   (sciinterp_item,)   keys of the items stored so far, in order
+    zarr.json         group attributes: provenance + the commit record ``sciinterp_commit``
 
-Every array is appended in whole items (proteins, time steps).  After each
-flush the commit file is replaced atomically (write to a temporary name, then
-rename); zarr's local store writes every chunk the same way.  Rows beyond the
-committed count are ignored and cut away on the next open, so a harvest killed
-at any moment leaves a readable store, and rerunning it skips the committed
-items: every token ends up stored exactly once.
+Arrays are appended in whole items (proteins, time steps).  After each flush the
+commit record (rows, items, arrays so far) is rewritten in the group's
+``zarr.json``; zarr's local store replaces every file atomically (temporary name,
+then rename), chunks included.  Rows and items beyond the commit are ignored by
+readers and cut away when a writer reopens the store, so a harvest killed at any
+moment leaves a readable store, and rerunning it skips the committed items:
+every token ends up stored exactly once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Collection, Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,39 +39,76 @@ __all__ = [
     "FORMAT_VERSION",
     "StoreError",
     "StoreWriter",
+    "decode_rows",
+    "is_store",
     "open_store",
     "part_path",
     "read_commit",
+    "store_parts",
+    "stored_items",
 ]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-COMMIT_FILE = "sciinterp_commit.json"
+FORMAT_VERSION = 2
+COMMIT_ATTR = "sciinterp_commit"
+ITEMS_ARRAY = "sciinterp_items"
+DTYPE_ATTR = "sciinterp_dtype"
 Dtype = Literal["float32", "float16", "bfloat16"]
 _NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+_ITEM_CHUNK = 4096
 
 
 class StoreError(ValueError):
     """A store is missing, malformed, or does not match what is being written."""
 
 
-def _atomic_write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+@contextmanager
+def _quiet_zarr() -> Iterator[None]:
+    """Hide zarr's warning about a ``*.partial`` temp file a killed write left behind."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at .*\.partial is not recognized", module="zarr")
+        yield
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a single store (not a directory of parts)."""
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return COMMIT_ATTR in json.loads(meta.read_text()).get("attributes", {})
+    except (ValueError, OSError):
+        return False
 
 
 def read_commit(path: str | os.PathLike) -> dict[str, Any]:
-    """The commit record of a store; raises :class:`StoreError` if ``path`` is not one."""
+    """The commit record of a store; raises :class:`StoreError` if ``path`` is not one.
+
+    Returns
+    -------
+    dict with ``format_version``, ``n_rows``, ``n_items``, ``complete``,
+    ``n_dropped_nonfinite`` and ``arrays`` (names of the arrays created so far).
+    """
     path = Path(path)
-    commit = path / COMMIT_FILE
-    if not commit.is_file():
-        raise StoreError(f"{path} is not a sciinterp activation store (no {COMMIT_FILE})")
-    rec = json.loads(commit.read_text())
+    if not path.exists():
+        raise StoreError(f"{path} does not exist")
+    if (path / "sciinterp_commit.json").is_file():
+        raise StoreError(
+            f"{path} was written with store format 1 (sciinterp_commit.json), this sciinterp reads "
+            f"format {FORMAT_VERSION}; re-harvest it with this version"
+        )
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        hint = " (it looks like zarr v2)" if (path / ".zgroup").exists() else ""
+        raise StoreError(f"{path} is not a sciinterp activation store: no zarr.json{hint}")
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except ValueError as err:
+        raise StoreError(f"{path}/zarr.json is not valid JSON: {err}") from err
+    rec = attrs.get(COMMIT_ATTR)
+    if not isinstance(rec, dict):
+        raise StoreError(f"{path} is a zarr group but not a sciinterp activation store (no {COMMIT_ATTR!r} attribute)")
     version = rec.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(
@@ -77,11 +118,37 @@ def read_commit(path: str | os.PathLike) -> dict[str, Any]:
     return rec
 
 
+def stored_items(path: str | os.PathLike) -> list[str]:
+    """Keys of the items committed to the store at ``path``, in storage order."""
+    n = read_commit(path)["n_items"]
+    if not n:
+        return []
+    with _quiet_zarr():
+        arr = zarr.open_array(Path(path) / ITEMS_ARRAY, mode="r")
+    return [str(x) for x in arr[:n]]
+
+
+def decode_rows(block: np.ndarray, dtype: str) -> np.ndarray:
+    """On-disk rows -> float32 (``bfloat16`` is stored as its ``uint16`` bit pattern)."""
+    if dtype == "bfloat16":
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block.astype(np.float32, copy=False)
+
+
 def _to_numpy(x: torch.Tensor, dtype: Dtype) -> np.ndarray:
     x = x.detach()
     if dtype == "bfloat16":
         return x.to(torch.bfloat16).view(torch.uint16).cpu().numpy()
     return x.to(getattr(torch, dtype)).cpu().numpy()
+
+
+def _kind(values: np.ndarray) -> str:
+    k = np.asarray(values).dtype.kind
+    return {"U": "str", "S": "str", "O": "str", "T": "str", "i": "int", "u": "int", "f": "float", "b": "bool"}.get(k, k)
+
+
+def _jsonable(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(obj), default=str))
 
 
 class StoreWriter:
@@ -97,11 +164,11 @@ class StoreWriter:
         Rows per zarr chunk along ``token``; also the flush size.
     attrs
         Provenance written into the store's attributes (adapter, model, hooks,
-        data source, resolved config...).  On resume, ``model_checksum`` and
-        ``hooks`` must match what the store holds.
+        data source, resolved config...).  On resume, ``model_checksum``,
+        ``hooks`` and ``adapter`` must match what the store holds.
     nonfinite
         ``"error"`` raises on NaN/inf activations; ``"drop"`` drops those tokens
-        and counts them in the attribute ``n_dropped_nonfinite``.
+        and counts them (``open_store(path).attrs["n_dropped_nonfinite"]``).
     """
 
     def __init__(
@@ -117,52 +184,72 @@ class StoreWriter:
             raise ValueError(f"dtype must be one of {sorted(_NUMPY_DTYPE)}, got {dtype!r}")
         if nonfinite not in ("error", "drop"):
             raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.path = Path(path)
         self.dtype = dtype
         self.chunk_rows = int(chunk_rows)
         self.nonfinite = nonfinite
         self._buffer: list[TokenBatch] = []
         self._buffered_rows = 0
-        attrs = dict(attrs or {})
-        if (self.path / COMMIT_FILE).exists():
+        self._pending_dropped = 0
+        self._schema: dict[str, dict[str, Any]] | None = None  # {"hooks": {h: d}, "coords": {c: kind}}
+        attrs = _jsonable(attrs or {})
+        if is_store(self.path) or (self.path / "sciinterp_commit.json").exists():
             self._open_existing(attrs)
         else:
             if self.path.exists() and any(self.path.iterdir()):
-                raise StoreError(f"{self.path} exists and is not a sciinterp activation store")
-            self.group = zarr.open_group(self.path, mode="w", zarr_format=3)
-            self.group.attrs.update({**attrs, "sciinterp_dtype": dtype, "n_dropped_nonfinite": 0})
-            self.commit: dict[str, Any] = {
-                "format_version": FORMAT_VERSION,
-                "n_rows": 0,
-                "items": [],
-                "complete": False,
-            }
-            _atomic_write_json(self.path / COMMIT_FILE, self.commit)
-        self._done = set(self.commit["items"])
+                raise StoreError(f"{self.path} exists and is not a sciinterp activation store; choose a new path")
+            commit = {"format_version": FORMAT_VERSION, "n_rows": 0, "n_items": 0, "complete": False,
+                      "n_dropped_nonfinite": 0, "arrays": []}  # fmt: skip
+            self.group = zarr.open_group(
+                self.path, mode="w", zarr_format=3, attributes={**attrs, DTYPE_ATTR: dtype, COMMIT_ATTR: commit}
+            )
+            self.commit = commit
+            self._done: set[str] = set()
 
     # -- opening ---------------------------------------------------------
     def _open_existing(self, attrs: Mapping[str, Any]) -> None:
         self.commit = read_commit(self.path)
-        self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
-        stored = dict(self.group.attrs)
-        if stored.get("sciinterp_dtype") != self.dtype:
-            raise StoreError(
-                f"{self.path} holds {stored.get('sciinterp_dtype')} activations, asked to append {self.dtype}"
-            )
-        for key in ("model_checksum", "hooks", "adapter"):
-            if key in attrs and key in stored and stored[key] != attrs[key]:
+        with _quiet_zarr():
+            self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            stored = dict(self.group.attrs)
+            if stored.get(DTYPE_ATTR) != self.dtype:
                 raise StoreError(
-                    f"{self.path}: stored {key}={stored[key]!r} but this harvest has {attrs[key]!r}; "
-                    "write to a new store instead of mixing them"
+                    f"{self.path} holds {stored.get(DTYPE_ATTR)} activations, asked to append {self.dtype}"
                 )
-        n = self.commit["n_rows"]
-        for name, arr in self.group.arrays():
-            if arr.shape[0] != n:  # rows past the last commit: a killed write
-                arr.resize((n, *arr.shape[1:]))
-        for partial in self.path.rglob("*.partial"):
-            partial.unlink(missing_ok=True)
+            for key in ("model_checksum", "hooks", "adapter"):
+                if key in attrs and key in stored and stored[key] != attrs[key]:
+                    raise StoreError(
+                        f"{self.path}: stored {key}={stored[key]!r} but this harvest has {attrs[key]!r}; "
+                        "write to a new store instead of mixing them"
+                    )
+            arrays = dict(self.group.arrays())
+            for name in set(arrays) - set(self.commit["arrays"]):  # created by a killed first flush
+                del self.group[name]
+            missing = set(self.commit["arrays"]) - set(arrays)
+            if missing:
+                raise StoreError(f"{self.path} is damaged: committed arrays {sorted(missing)} are missing")
+            n, n_items = self.commit["n_rows"], self.commit["n_items"]
+            for name in self.commit["arrays"]:
+                arr = arrays[name]
+                keep = n_items if name == ITEMS_ARRAY else n
+                if arr.shape[0] != keep:  # rows past the last commit: a killed write
+                    arr.resize((keep, *arr.shape[1:]))
+            for partial in self.path.rglob("*.partial"):
+                partial.unlink(missing_ok=True)
+            if self.commit["arrays"]:
+                self._schema = {
+                    "hooks": {h: arrays[h].shape[1] for h in self.commit["arrays"] if arrays[h].ndim == 2},
+                    "coords": {
+                        c: _kind(np.empty(0, arrays[c].dtype))
+                        for c in self.commit["arrays"]
+                        if arrays[c].ndim == 1 and c != ITEMS_ARRAY
+                    },
+                }
+        self._done = set(stored_items(self.path))
         if n:
-            log.info("resuming %s: %d rows, %d items already stored", self.path, n, len(self.commit["items"]))
+            log.info("resuming %s: %d rows, %d items already stored", self.path, n, n_items)
 
     # -- writing ---------------------------------------------------------
     @property
@@ -172,13 +259,15 @@ class StoreWriter:
 
     @property
     def n_rows(self) -> int:
+        """Rows committed plus rows waiting in the buffer."""
         return self.commit["n_rows"] + self._buffered_rows
 
     def append(self, batch: TokenBatch) -> None:
-        """Buffer one batch; flushes whenever ``chunk_rows`` rows are waiting."""
+        """Check and buffer one batch; flushes whenever ``chunk_rows`` rows are waiting."""
         dup = self._done.intersection(batch.items)
         if dup:
             raise StoreError(f"{self.path}: items already stored: {sorted(dup)[:5]}")
+        self._check_schema(batch)
         batch = self._check_finite(batch)
         self._buffer.append(batch)
         self._buffered_rows += batch.n_tokens
@@ -186,23 +275,44 @@ class StoreWriter:
         if self._buffered_rows >= self.chunk_rows:
             self.flush()
 
+    def _check_schema(self, batch: TokenBatch) -> None:
+        hooks = {h: int(x.shape[1]) for h, x in batch.acts.items()}
+        coords = {c: _kind(v) for c, v in batch.coords.items()}
+        if ITEMS_ARRAY in hooks or ITEMS_ARRAY in coords:
+            raise StoreError(f"{ITEMS_ARRAY!r} is reserved and cannot be a hook or coordinate name")
+        if self._schema is None:
+            self._schema = {"hooks": hooks, "coords": coords}
+            return
+        want_h, want_c = self._schema["hooks"], self._schema["coords"]
+        if set(hooks) != set(want_h) or set(coords) != set(want_c):
+            raise StoreError(
+                f"{self.path}: batch has hooks {sorted(hooks)} and coords {sorted(coords)}, "
+                f"store has hooks {sorted(want_h)} and coords {sorted(want_c)}"
+            )
+        for h, d in hooks.items():
+            if d != want_h[h]:
+                raise StoreError(f"{self.path}: hook {h!r} is stored with width {want_h[h]}, cannot append width {d}")
+        for c, kind in coords.items():
+            if kind != want_c[c] and not (kind in ("int", "bool") and want_c[c] == "float"):
+                raise StoreError(f"{self.path}: coordinate {c!r} is stored as {want_c[c]}, this batch has {kind}")
+
     def _check_finite(self, batch: TokenBatch) -> TokenBatch:
         ok = torch.ones(batch.n_tokens, dtype=torch.bool)
         for hook, x in batch.acts.items():
             fin = torch.isfinite(x).all(dim=1).cpu()
             if not fin.all() and self.nonfinite == "error":
                 bad = int((~fin).nonzero()[0])
-                where = {k: v[bad] for k, v in batch.coords.items()}
+                where = {k: np.asarray(v)[bad].item() for k, v in batch.coords.items()}
                 raise StoreError(
-                    f"non-finite activation at hook {hook!r}, token {where}; "
+                    f"non-finite activation at hook {hook!r}, token {where} (items {batch.items[:3]}); "
                     "set nonfinite='drop' to drop such tokens instead"
                 )
             ok &= fin
         if ok.all():
             return batch
         n_bad = int((~ok).sum())
-        self.group.attrs["n_dropped_nonfinite"] = int(self.group.attrs["n_dropped_nonfinite"]) + n_bad
-        log.warning("dropped %d tokens with non-finite activations", n_bad)
+        self._pending_dropped += n_bad
+        log.warning("dropped %d tokens with non-finite activations in items %s", n_bad, batch.items[:3])
         keep = ok.numpy()
         return TokenBatch(
             acts={h: x[ok.to(x.device)] for h, x in batch.acts.items()},
@@ -210,73 +320,69 @@ class StoreWriter:
             items=batch.items,
         )
 
-    def _ensure_arrays(self, batch: TokenBatch) -> None:
-        existing = dict(self.group.arrays())
+    def _create_arrays(self, batch: TokenBatch) -> None:
         coord_names = " ".join(batch.coords)
         for hook, x in batch.acts.items():
             d = x.shape[1]
-            if hook in existing:
-                if existing[hook].shape[1] != d:
-                    raise StoreError(
-                        f"{self.path}: hook {hook!r} is stored with width {existing[hook].shape[1]}, "
-                        f"cannot append width {d}"
-                    )
-                continue
             self.group.create_array(
-                hook,
-                shape=(0, d),
-                chunks=(self.chunk_rows, d),
-                dtype=_NUMPY_DTYPE[self.dtype],
+                hook, shape=(0, d), chunks=(self.chunk_rows, d), dtype=_NUMPY_DTYPE[self.dtype],
                 dimension_names=["token", f"d_{hook}"],
-                attributes={"coordinates": coord_names, "sciinterp_dtype": self.dtype},
-            )
+                attributes={"coordinates": coord_names, DTYPE_ATTR: self.dtype},
+            )  # fmt: skip
         for name, values in batch.coords.items():
-            if name in existing:
-                continue
             values = np.asarray(values)
             dtype = str if values.dtype.kind in "USOT" else values.dtype
-            self.group.create_array(
-                name, shape=(0,), chunks=(self.chunk_rows,), dtype=dtype, dimension_names=["token"]
-            )
-        hooks = [h for h, a in self.group.arrays() if a.ndim == 2]
-        coords = [c for c, a in self.group.arrays() if a.ndim == 1]
-        missing = set(hooks) ^ set(batch.acts) or set(coords) ^ set(batch.coords)
-        if missing:
-            raise StoreError(
-                f"{self.path}: batch has hooks {sorted(batch.acts)} and coords {sorted(batch.coords)}, "
-                f"store has hooks {sorted(hooks)} and coords {sorted(coords)}"
-            )
+            self.group.create_array(name, shape=(0,), chunks=(self.chunk_rows,), dtype=dtype, dimension_names=["token"])
+        self.group.create_array(
+            ITEMS_ARRAY, shape=(0,), chunks=(_ITEM_CHUNK,), dtype=str, dimension_names=["sciinterp_item"]
+        )
+        self._commit({"arrays": [*batch.acts, *batch.coords, ITEMS_ARRAY]})
+
+    def _commit(self, changes: Mapping[str, Any]) -> None:
+        """Record ``changes`` in the commit: one atomic rewrite of the group's zarr.json."""
+        self.commit = {**self.commit, **changes}
+        self.group.attrs[COMMIT_ATTR] = self.commit
+
+    @staticmethod
+    def _append(arr: zarr.Array, n0: int, block: np.ndarray) -> None:
+        n1 = n0 + block.shape[0]
+        arr.resize((n1, *arr.shape[1:]))
+        arr[n0:n1] = block
 
     def flush(self) -> None:
         """Write buffered rows, then commit them atomically."""
         if not self._buffer:
             return
-        first = self._buffer[0]
-        self._ensure_arrays(first)
-        n0 = self.commit["n_rows"]
-        n1 = n0 + self._buffered_rows
-        for hook in first.acts:
-            block = np.concatenate([_to_numpy(b.acts[hook], self.dtype) for b in self._buffer])
-            arr = self.group[hook]
-            arr.resize((n1, arr.shape[1]))
-            arr[n0:n1] = block
-        for name in first.coords:
-            block = np.concatenate([np.asarray(b.coords[name]) for b in self._buffer])
-            arr = self.group[name]
-            arr.resize((n1,))
-            arr[n0:n1] = block
-        items = [i for b in self._buffer for i in b.items]
-        self.commit = {**self.commit, "n_rows": n1, "items": self.commit["items"] + items}
-        _atomic_write_json(self.path / COMMIT_FILE, self.commit)
+        with _quiet_zarr():
+            first = self._buffer[0]
+            if not self.commit["arrays"]:
+                self._create_arrays(first)
+            n0 = self.commit["n_rows"]
+            for hook in first.acts:
+                block = np.concatenate([_to_numpy(b.acts[hook], self.dtype) for b in self._buffer])
+                self._append(self.group[hook], n0, block)
+            for name in first.coords:
+                block = np.concatenate([np.asarray(b.coords[name]) for b in self._buffer])
+                if block.dtype.kind in "SOT":
+                    block = block.astype(str)
+                self._append(self.group[name], n0, block)
+            items = np.array([i for b in self._buffer for i in b.items], dtype=str)
+            if items.size:
+                self._append(self.group[ITEMS_ARRAY], self.commit["n_items"], items)
+            self._commit({
+                "n_rows": n0 + self._buffered_rows,
+                "n_items": self.commit["n_items"] + items.size,
+                "n_dropped_nonfinite": self.commit["n_dropped_nonfinite"] + self._pending_dropped,
+            })  # fmt: skip
         self._buffer.clear()
         self._buffered_rows = 0
+        self._pending_dropped = 0
 
     def close(self, complete: bool = True) -> None:
         """Flush; with ``complete`` mark the harvest as finished."""
         self.flush()
         if complete and not self.commit["complete"]:
-            self.commit = {**self.commit, "complete": True}
-            _atomic_write_json(self.path / COMMIT_FILE, self.commit)
+            self._commit({"complete": True})
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -290,38 +396,78 @@ def part_path(path: str | os.PathLike, rank: int, world: int) -> Path:
     return Path(path) / f"part-{rank:05d}-of-{world:05d}.zarr"
 
 
-def _parts(path: Path) -> list[Path]:
-    return sorted(p for p in path.glob("part-*-of-*.zarr") if (p / COMMIT_FILE).is_file())
+def store_parts(path: str | os.PathLike) -> list[Path]:
+    """The stores that make up ``path``: ``[path]`` for a store, its parts (rank order) for a parts directory.
+
+    Raises :class:`StoreError` if ``path`` is neither, or its parts disagree on the world size.
+    """
+    path = Path(path)
+    if is_store(path):
+        return [path]
+    if not path.is_dir() or (path / "zarr.json").exists():
+        read_commit(path)  # raises the precise reason: missing, old format, not a sciinterp group
+    parts = sorted(p for p in path.glob("part-*-of-*.zarr") if (p / "zarr.json").is_file())
+    if not parts:
+        raise StoreError(f"{path} is not a sciinterp activation store nor a directory of store parts")
+    worlds = sorted({p.name.split("-of-")[1].removesuffix(".zarr") for p in parts})
+    if len(worlds) > 1:
+        raise StoreError(f"{path} mixes parts of different world sizes {[int(w) for w in worlds]}; remove the stale ones")
+    world = int(worlds[0])
+    if len(parts) != world:
+        log.warning("%s holds %d of %d parts; reading the ones present", path, len(parts), world)
+    return parts
+
+
+def _open_one(path: Path) -> xr.Dataset:
+    rec = read_commit(path)
+    with _quiet_zarr():
+        ds = xr.open_zarr(path, consolidated=False, zarr_format=3, drop_variables=[ITEMS_ARRAY])
+    if "token" in ds.dims:
+        ds = ds.isel(token=slice(0, rec["n_rows"]))
+        ds = ds.set_coords([v for v in ds.data_vars if ds[v].dims == ("token",)])
+    for name, var in ds.data_vars.items():
+        if var.attrs.get(DTYPE_ATTR) == "bfloat16":
+            bits = var.data.astype(np.uint32) << 16
+            ds[name] = var.copy(data=bits.view(np.float32))
+    ds.attrs.pop(COMMIT_ATTR, None)
+    ds.attrs.update(
+        complete=rec["complete"], n_dropped_nonfinite=rec["n_dropped_nonfinite"], format_version=FORMAT_VERSION
+    )
+    return ds
 
 
 def open_store(path: str | os.PathLike) -> xr.Dataset:
     """Open a store lazily (dask-backed) as an ``xarray.Dataset`` of committed rows.
 
-    ``path`` may also be a directory of parts written by several processes
-    (:func:`part_path`); they are concatenated along ``token`` in rank order.
-    ``bfloat16`` stores are decoded to ``float32`` on access.
+    Hooks are data variables ``(token, d_<hook>)``; domain coordinates are
+    coordinates along ``token``; provenance is in ``attrs`` (plus ``complete``
+    and ``n_dropped_nonfinite``).  ``path`` may also be a directory of parts
+    written by several processes (:func:`part_path`); they are concatenated
+    along ``token`` in rank order.  ``bfloat16``/``float16`` stores are decoded
+    to ``float32`` / kept ``float16`` on access.
     """
-    path = Path(path)
-    if not (path / COMMIT_FILE).exists() and (parts := _parts(path)):
-        dss = [open_store(p) for p in parts]
-        worlds = {p.name.split("-of-")[1] for p in parts}
-        ds = xr.concat(dss, dim="token", data_vars="all", coords="all", join="exact", combine_attrs="drop_conflicts")
-        ds.attrs["complete"] = all(d.attrs["complete"] for d in dss) and len(worlds) == 1 and len(parts) == int(
-            worlds.pop().removesuffix(".zarr")
-        )
-        return ds
-    rec = read_commit(path)
-    ds = xr.open_zarr(path, consolidated=False, zarr_format=3)
-    ds = ds.isel(token=slice(0, rec["n_rows"]))
-    for name, var in ds.data_vars.items():
-        if var.attrs.get("sciinterp_dtype") == "bfloat16":
-            bits = var.data.astype(np.uint32) << 16
-            ds[name] = var.copy(data=bits.view(np.float32))
-    ds.attrs["complete"] = rec["complete"]
+    parts = store_parts(path)
+    if len(parts) == 1 and parts[0] == Path(path):
+        return _open_one(parts[0])
+    dss = [_open_one(p) for p in parts]
+    ref = dss[0]
+    for p, ds in zip(parts[1:], dss[1:]):
+        if dict(ds.sizes, token=0) != dict(ref.sizes, token=0) or set(ds.coords) != set(ref.coords):
+            raise StoreError(
+                f"parts {parts[0].name} and {p.name} of {path} differ: hooks/widths {dict(ref.sizes)} vs "
+                f"{dict(ds.sizes)}, coords {sorted(ref.coords)} vs {sorted(ds.coords)}"
+            )
+    ds = xr.concat(dss, dim="token", data_vars="all", coords="all", join="exact", combine_attrs="drop_conflicts")
+    world = int(parts[0].name.split("-of-")[1].removesuffix(".zarr"))
+    ds.attrs.update(
+        complete=all(d.attrs["complete"] for d in dss) and len(parts) == world,
+        n_dropped_nonfinite=sum(d.attrs["n_dropped_nonfinite"] for d in dss),
+        parts=[p.name for p in parts],
+    )
     return ds
 
 
 def remove_store(path: str | os.PathLike) -> None:
-    """Delete a store directory after checking it is one."""
-    read_commit(path)
+    """Delete a store (or a directory of parts) after checking it is one."""
+    store_parts(path)
     shutil.rmtree(path)
