@@ -108,6 +108,8 @@ VARIABLES: tuple[VarSpec, ...] = (
     VarSpec("gh", ("gh", "zg", "hgt", "geopotential_height"), "gpm", "geopotential_height", ("m",), "geopotential height"),
     VarSpec("t", ("t", "ta", "air", "T", "temperature", "air_temperature"), "K", "air_temperature", ("degC",), "temperature"),
     VarSpec("q", ("q", "hus", "shum", "specific_humidity"), "kg kg-1", "specific_humidity", ("g kg-1", "1"), "specific humidity"),
+    VarSpec("ciwc", ("ciwc", "cli", "specific_cloud_ice_water_content"), "kg kg-1", None, ("g kg-1",), "cloud ice water content"),
+    VarSpec("clwc", ("clwc", "clw", "specific_cloud_liquid_water_content"), "kg kg-1", None, ("g kg-1",), "cloud liquid water content"),
     VarSpec("r", ("r", "hur", "rhum", "relative_humidity"), "%", "relative_humidity", ("1",), "relative humidity"),
     VarSpec("w", ("w", "wap", "omega", "vertical_velocity"), "Pa s-1", "lagrangian_tendency_of_air_pressure", (), "pressure vertical velocity"),
     VarSpec("2t", ("2t", "t2m", "tas", "2m_temperature"), "K", None, ("degC",), "2 m temperature"),
