@@ -404,7 +404,7 @@ def store_parts(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if is_store(path):
         return [path]
-    if not path.is_dir() or (path / "zarr.json").exists():
+    if not path.is_dir() or any((path / f).exists() for f in ("zarr.json", ".zgroup", "sciinterp_commit.json")):
         read_commit(path)  # raises the precise reason: missing, old format, not a sciinterp group
     parts = sorted(p for p in path.glob("part-*-of-*.zarr") if (p / "zarr.json").is_file())
     if not parts:
@@ -419,17 +419,33 @@ def store_parts(path: str | os.PathLike) -> list[Path]:
 
 
 def _open_one(path: Path) -> xr.Dataset:
+    """One store as a lazy Dataset of its committed rows.
+
+    Built array by array (not with ``xr.open_zarr``): after a killed write the
+    arrays may be longer than the commit, and by different amounts.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
     rec = read_commit(path)
     with _quiet_zarr():
-        ds = xr.open_zarr(path, consolidated=False, zarr_format=3, drop_variables=[ITEMS_ARRAY])
-    if "token" in ds.dims:
-        ds = ds.isel(token=slice(0, rec["n_rows"]))
-        ds = ds.set_coords([v for v in ds.data_vars if ds[v].dims == ("token",)])
-    for name, var in ds.data_vars.items():
-        if var.attrs.get(DTYPE_ATTR) == "bfloat16":
-            bits = var.data.astype(np.uint32) << 16
-            ds[name] = var.copy(data=bits.view(np.float32))
-    ds.attrs.pop(COMMIT_ATTR, None)
+        group = zarr.open_group(path, mode="r", zarr_format=3)
+        attrs = {k: v for k, v in group.attrs.items() if k != COMMIT_ATTR}
+        data_vars, coords = {}, {}
+        for name in rec["arrays"]:
+            if name == ITEMS_ARRAY:
+                continue
+            arr = group[name]
+            n = rec["n_rows"]
+            x = da.from_zarr(arr, name=f"sciinterp-{name}-{tokenize(str(path.resolve()), name, n, rec)}")[:n]
+            var_attrs = {k: v for k, v in arr.attrs.items() if k != "coordinates"}
+            if var_attrs.get(DTYPE_ATTR) == "bfloat16":
+                x = (x.astype(np.uint32) << 16).view(np.float32)
+            if x.dtype.kind == "T":  # numpy's StringDType breaks .astype(str), pandas, netCDF: use objects
+                x = x.astype(object)
+            target = data_vars if arr.ndim == 2 else coords
+            target[name] = xr.Variable(arr.metadata.dimension_names, x, var_attrs)
+    ds = xr.Dataset(data_vars, coords, attrs)
     ds.attrs.update(
         complete=rec["complete"], n_dropped_nonfinite=rec["n_dropped_nonfinite"], format_version=FORMAT_VERSION
     )

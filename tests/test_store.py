@@ -1,10 +1,30 @@
+import json
+import warnings
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
+import zarr
 
 from sciinterp.adapter import TokenBatch
-from sciinterp.store import StoreError, StoreWriter, open_store
+from sciinterp.harvest import harvest_to_store
+from sciinterp.store import (
+    FORMAT_VERSION,
+    StoreError,
+    StoreWriter,
+    open_store,
+    part_path,
+    read_commit,
+    stored_items,
+)
 from sciinterp.testing import FakeAdapter
+
+
+def _batch(rows, d=3, start=0, item="a", **coords):
+    x = torch.arange(start * d, (start + rows) * d, dtype=torch.float32).reshape(rows, d)
+    coords = coords or {"i": np.arange(start, start + rows)}
+    return TokenBatch({"h": x}, coords, [item])
 
 
 def test_roundtrip_and_resume(tmp_path):
@@ -12,22 +32,200 @@ def test_roundtrip_and_resume(tmp_path):
     lengths = [10, 20, 30, 5, 7]
     path = tmp_path / "s.zarr"
     with StoreWriter(path, chunk_rows=16, attrs=a.provenance()) as w:
-        for i, b in enumerate(a.harvest(lengths, ["hidden", "out"])):
+        for b in a.harvest(lengths, ["hidden", "out"]):
             w.append(b)
             break  # stop after the first batch: an interrupted harvest
     w = StoreWriter(path, chunk_rows=16, attrs=a.provenance())
+    assert w.done_items == {"seq0", "seq1", "seq2", "seq3"}
     for b in a.harvest(lengths, ["hidden", "out"], skip=w.done_items):
         w.append(b)
     w.close()
     ds = open_store(path)
     assert ds.sizes["token"] == sum(lengths)
     ref = torch.cat([b.acts["hidden"] for b in a.harvest(lengths, ["hidden"])]).numpy()
-    np.testing.assert_allclose(ds.hidden.values, ref, rtol=1e-6)
+    np.testing.assert_array_equal(ds.hidden.values, ref)
     assert list(ds.position.values[:3]) == [1, 2, 3]
+    assert stored_items(path) == [f"seq{i}" for i in range(5)]
+    assert ds.attrs["complete"] is True
+
+
+def test_coords_are_xarray_coords_and_provenance_is_recorded(tmp_path):
+    a = FakeAdapter()
+    path = harvest_to_store(
+        a, [4, 6], ["hidden", "out"], tmp_path / "s.zarr", chunk_rows=4, progress=False,
+        attrs={"config": {"harvest": {"chunk_rows": 4}}},
+    )  # fmt: skip
+    ds = open_store(path)
+    assert isinstance(ds.hidden.data, __import__("dask.array").array.Array)  # lazy
+    assert set(ds.coords) == {"seq", "position"} and set(ds.data_vars) == {"hidden", "out"}
+    assert ds.hidden.dims == ("token", "d_hidden") and ds.seq.dims == ("token",)
+    assert list(ds.seq.values.astype(str)) == ["seq0"] * 4 + ["seq1"] * 6
+    assert ds.position.dtype == np.int64
+    at = ds.attrs
+    assert at["adapter"] == "fake" and at["hooks"] == ["hidden", "out"]
+    assert at["model_id"] == "fake-mlp-seed0" and at["model_checksum"] == "seed0"
+    assert at["dtype"] == "float32" and at["data_source"] == "[4, 6]" and len(at["data_hash"]) == 16
+    assert at["sciinterp_version"] == __import__("sciinterp").__version__
+    assert at["config"] == {"harvest": {"chunk_rows": 4}}
+    assert at["format_version"] == FORMAT_VERSION and "sciinterp_commit" not in at
+
+
+def test_float_and_string_coords_roundtrip(tmp_path):
+    n = 5
+    coords = {"time": np.array(["2020-01-01T00"] * n), "lead": np.full(n, 6), "lat": np.linspace(-90, 90, n)}
+    with StoreWriter(tmp_path / "w.zarr", chunk_rows=3) as w:
+        w.append(TokenBatch({"h": torch.ones(n, 2)}, coords, ["t0"]))
+    ds = open_store(tmp_path / "w.zarr")
+    np.testing.assert_array_equal(ds.lat.values, np.linspace(-90, 90, n))
+    assert ds.lat.dtype == np.float64 and ds.lead.dtype == np.int64
+    assert str(ds.time.values[0]) == "2020-01-01T00"
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 0.0), ("float16", 1e-3), ("bfloat16", 8e-3)])
+def test_dtypes_roundtrip(tmp_path, dtype, tol):
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
+    with StoreWriter(tmp_path / "s.zarr", dtype=dtype, chunk_rows=16) as w:
+        w.append(TokenBatch({"h": x}, {"i": np.arange(50)}, ["a"]))
+    on_disk = zarr.open_group(tmp_path / "s.zarr", mode="r")["h"].dtype
+    assert on_disk == {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
+    got = open_store(tmp_path / "s.zarr").h.values.astype(np.float32)
+    np.testing.assert_allclose(got, x.numpy(), rtol=tol, atol=tol)
+    if dtype == "bfloat16":  # exactly torch's own bf16 rounding
+        np.testing.assert_array_equal(got, x.to(torch.bfloat16).float().numpy())
+
+
+def test_no_zarr_warning_on_write_and_open(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        harvest_to_store(FakeAdapter(), [3, 4], ["hidden"], tmp_path / "s.zarr", chunk_rows=2, progress=False)
+        open_store(tmp_path / "s.zarr").hidden.values
+        xr.open_zarr(tmp_path / "s.zarr", consolidated=False)  # even plain xarray sees only arrays
 
 
 def test_width_mismatch_is_named(tmp_path):
     w = StoreWriter(tmp_path / "s.zarr", chunk_rows=4)
-    w.append(TokenBatch({"h": torch.zeros(4, 3)}, {"i": np.arange(4)}, ["a"]))
+    w.append(_batch(4, d=3))
+    with pytest.raises(StoreError, match="hook 'h' is stored with width 3, cannot append width 5"):
+        w.append(_batch(4, d=5, item="b"))
+    w.close()
+    w = StoreWriter(tmp_path / "s.zarr", chunk_rows=4)  # also after reopening
     with pytest.raises(StoreError, match="width 3, cannot append width 5"):
-        w.append(TokenBatch({"h": torch.zeros(4, 5)}, {"i": np.arange(4)}, ["b"]))
+        w.append(_batch(4, d=5, item="b"))
+
+
+def test_mismatched_hooks_and_coords_are_named(tmp_path):
+    w = StoreWriter(tmp_path / "s.zarr", chunk_rows=100)
+    w.append(_batch(4))
+    bad = TokenBatch({"h": torch.zeros(2, 3), "g": torch.zeros(2, 3)}, {"i": np.arange(2)}, ["b"])
+    with pytest.raises(StoreError, match=r"batch has hooks \['g', 'h'\] and coords \['i'\], store has hooks \['h'\]"):
+        w.append(bad)
+    with pytest.raises(StoreError, match=r"coords \['j'\], store has hooks \['h'\] and coords \['i'\]"):
+        w.append(_batch(2, item="c", j=np.arange(2)))
+    with pytest.raises(StoreError, match="coordinate 'i' is stored as int, this batch has str"):
+        w.append(_batch(2, item="d", i=np.array(["x", "y"])))
+    with pytest.raises(StoreError, match=r"items already stored: \['a'\]"):
+        w.append(_batch(2, item="a"))
+    w.close()
+    assert open_store(tmp_path / "s.zarr").sizes["token"] == 4  # rejected batches left no trace
+
+
+def test_resume_refuses_other_model_or_dtype(tmp_path):
+    StoreWriter(tmp_path / "s.zarr", attrs={"model_checksum": "abc"}).close()
+    with pytest.raises(StoreError, match="stored model_checksum='abc' but this harvest has 'xyz'"):
+        StoreWriter(tmp_path / "s.zarr", attrs={"model_checksum": "xyz"})
+    with pytest.raises(StoreError, match="holds float32 activations, asked to append bfloat16"):
+        StoreWriter(tmp_path / "s.zarr", dtype="bfloat16")
+
+
+def test_nonfinite_error_names_token_and_drop_counts(tmp_path):
+    x = torch.ones(6, 2)
+    x[3, 1] = float("nan")
+    x[5, 0] = float("inf")
+    b = TokenBatch({"h": x}, {"pos": np.arange(1, 7)}, ["p1"])
+    w = StoreWriter(tmp_path / "e.zarr")
+    with pytest.raises(StoreError, match=r"non-finite activation at hook 'h', token \{'pos': 4\}.*nonfinite='drop'"):
+        w.append(b)
+    with StoreWriter(tmp_path / "d.zarr", nonfinite="drop", chunk_rows=2) as w:
+        w.append(b)
+    ds = open_store(tmp_path / "d.zarr")
+    assert list(ds.pos.values) == [1, 2, 3, 5] and ds.attrs["n_dropped_nonfinite"] == 2
+    assert stored_items(tmp_path / "d.zarr") == ["p1"]
+
+
+def test_not_a_store_and_old_format_errors(tmp_path):
+    with pytest.raises(StoreError, match="nope.zarr does not exist"):
+        open_store(tmp_path / "nope.zarr")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "x.txt").write_text("hi")
+    with pytest.raises(StoreError, match="plain is not a sciinterp activation store nor a directory of store parts"):
+        open_store(tmp_path / "plain")
+    with pytest.raises(StoreError, match="plain exists and is not a sciinterp activation store"):
+        StoreWriter(tmp_path / "plain")
+    zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3)
+    with pytest.raises(StoreError, match="is a zarr group but not a sciinterp activation store"):
+        open_store(tmp_path / "other.zarr")
+    zarr.open_group(tmp_path / "v2.zarr", mode="w", zarr_format=2)
+    with pytest.raises(StoreError, match=r"no zarr.json \(it looks like zarr v2\)"):
+        open_store(tmp_path / "v2.zarr")
+    StoreWriter(tmp_path / "s.zarr").close()
+    meta = tmp_path / "s.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["sciinterp_commit"]["format_version"] = 99
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="written with store format 99, this sciinterp reads format 2"):
+        open_store(tmp_path / "s.zarr")
+    with pytest.raises(StoreError, match="format 99"):
+        StoreWriter(tmp_path / "s.zarr")
+    (tmp_path / "old.zarr").mkdir()
+    (tmp_path / "old.zarr" / "sciinterp_commit.json").write_text("{}")
+    with pytest.raises(StoreError, match="written with store format 1"):
+        read_commit(tmp_path / "old.zarr")
+
+
+def test_uncommitted_rows_are_invisible_and_cut_on_resume(tmp_path):
+    path = tmp_path / "s.zarr"
+    w = StoreWriter(path, chunk_rows=4)
+    w.append(_batch(5, item="a"))  # flushed + committed
+    w.append(_batch(2, start=5, item="b"))  # buffered only
+    # simulate a crash after the arrays grew but before the commit
+    g = zarr.open_group(path, mode="r+")
+    g["h"].resize((9, 3))
+    g["h"][5:9] = np.full((4, 3), 7.0)
+    (path / "h" / "junk.partial").write_text("x")
+    assert open_store(path).sizes["token"] == 5 and read_commit(path)["n_rows"] == 5
+    w2 = StoreWriter(path, chunk_rows=4)
+    assert w2.done_items == {"a"} and zarr.open_group(path)["h"].shape == (5, 3)
+    assert not list(path.rglob("*.partial"))
+    w2.append(_batch(2, start=5, item="b"))
+    w2.close()
+    np.testing.assert_array_equal(open_store(path).h.values, np.arange(21, dtype=np.float32).reshape(7, 3))
+
+
+def test_parts_open_as_one_and_mismatches_are_named(tmp_path):
+    for rank in range(2):
+        with StoreWriter(part_path(tmp_path / "p", rank, 2), chunk_rows=3) as w:
+            w.append(_batch(4, start=4 * rank, item=f"x{rank}"))
+    ds = open_store(tmp_path / "p")
+    assert list(ds.i.values) == list(range(8)) and ds.attrs["complete"]
+    assert ds.attrs["parts"] == ["part-00000-of-00002.zarr", "part-00001-of-00002.zarr"]
+    with StoreWriter(part_path(tmp_path / "p", 0, 3)) as w:
+        w.append(_batch(1))
+    with pytest.raises(StoreError, match=r"mixes parts of different world sizes \[2, 3\]"):
+        open_store(tmp_path / "p")
+    for rank in range(2):
+        with StoreWriter(part_path(tmp_path / "q", rank, 2)) as w:
+            w.append(_batch(2, d=3 + rank))
+    with pytest.raises(StoreError, match="parts part-00000-of-00002.zarr and part-00001-of-00002.zarr of .* differ"):
+        open_store(tmp_path / "q")
+
+
+def test_harvest_refuses_mixing_parts_and_single_store(tmp_path):
+    a = FakeAdapter()
+    harvest_to_store(a, [3], ["hidden"], tmp_path / "s.zarr", progress=False)
+    with pytest.raises(StoreError, match="is a single store; cannot add part 0 of 2"):
+        harvest_to_store(a, [3], ["hidden"], tmp_path / "s.zarr", part=(0, 2), progress=False)
+    harvest_to_store(a, [3], ["hidden"], tmp_path / "p", part=(0, 2), progress=False)
+    with pytest.raises(StoreError, match=r"holds store parts; pass part=\(rank, world\)"):
+        harvest_to_store(a, [3], ["hidden"], tmp_path / "p", progress=False)
+    with pytest.raises(ValueError, match=r"unknown hooks \['nope'\] for adapter 'fake'"):
+        harvest_to_store(a, [3], ["nope"], tmp_path / "x", progress=False)
