@@ -1,0 +1,431 @@
+"""Train several SAEs in one pass over a stream of activation rows.
+
+:func:`train` is a short loop over named steps: ``_prepare`` (normalisation, b_dec,
+optimisers, resume), ``_step`` (forward/backward/update per SAE), ``_log`` and
+``_checkpoint``.  DDP (torchrun; gloo on CPU, NCCL on GPU) splits every global batch
+across ranks and sums gradients, so a run's result does not depend on the world size.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from sciinterp.sae.config import SAEConfig, TrainerConfig
+from sciinterp.sae.metrics import DownstreamEval
+from sciinterp.sae.model import SparseAutoencoder
+
+__all__ = ["StepInfo", "fit", "train"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+class StepInfo(NamedTuple):
+    """What callbacks receive after every step."""
+
+    step: int
+    """Steps done (1-based)."""
+    rows: int
+    """Training rows seen (global)."""
+    metrics: dict[str, dict[str, float]]
+    """Per SAE name: ``loss``, ``fvu``, ``l0``, ``dead`` (fraction), ``lr`` of this step."""
+
+
+@dataclass
+class _Run:
+    """One SAE being trained and its state."""
+
+    cfg: SAEConfig
+    name: str
+    sae: SparseAutoencoder
+    opt: torch.optim.Optimizer
+    mean: torch.Tensor
+    scale: torch.Tensor
+    var: float
+    since_fired: torch.Tensor
+    fired_count: torch.Tensor
+    last: dict[str, float] = field(default_factory=dict)
+
+
+class _Dist(NamedTuple):
+    rank: int
+    world: int
+
+
+def _dist() -> _Dist:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return _Dist(dist.get_rank(), dist.get_world_size())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        return _Dist(dist.get_rank(), dist.get_world_size())
+    return _Dist(0, 1)
+
+
+def _all_sum(world: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    if world == 1:
+        return lambda t: t
+    import torch.distributed as dist
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().clone()
+        dist.all_reduce(t)
+        return t
+
+    return f
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _lr_factor(step: int, total: int, tc: TrainerConfig) -> float:
+    """Warm-up then decay multiplier of the peak learning rate at 0-based ``step``."""
+    if tc.warmup_steps and step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    start = max(tc.warmup_steps, int(tc.decay_start * total))
+    if tc.decay == "none" or step < start or total <= start:
+        return 1.0
+    frac = (step - start) / max(total - start, 1)
+    shape = 1 - frac if tc.decay == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * shape
+
+
+def _norm_stats(x: torch.Tensor, how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if how == "expected_norm":
+        return x.new_zeros(()), (x.pow(2).sum(1).mean() / x.shape[1]).sqrt().clamp_min(1e-12)
+    if how == "standardize":
+        return x.mean(0), x.std(0).clamp_min(1e-6)
+    return x.new_zeros(()), x.new_ones(())
+
+
+def _make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
+    try:
+        return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(sae.parameters(), lr=lr, foreach=True)
+
+
+def _names(cfgs: Sequence[SAEConfig]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for c in cfgs:
+        n = c.run_name
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+def _fingerprint(cfgs: Sequence[SAEConfig], tc: TrainerConfig, d_in: int, n_rows: int) -> str:
+    keep = {k: v for k, v in asdict(tc).items() if k in ("batch_size", "max_rows", "epochs", "seed", "warmup_steps",
+                                                           "decay", "decay_start", "min_lr_ratio", "grad_clip")}
+    doc = json.dumps([[asdict(c) for c in cfgs], keep, d_in, n_rows], sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def _schedule(n_rows: int, tc: TrainerConfig) -> tuple[int, int]:
+    """(total rows, total steps) of the run."""
+    total = tc.max_rows if tc.max_rows is not None else tc.epochs * n_rows
+    per_epoch = math.ceil(n_rows / tc.batch_size)
+    full, rem = divmod(total, n_rows)
+    return total, full * per_epoch + math.ceil(rem / tc.batch_size)
+
+
+def _batches(source: Any, tc: TrainerConfig, total: int, epoch: int, row: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(epoch, first row in epoch, global batch) from ``(epoch, row)`` on, ``total`` rows in all."""
+    seen = epoch * source.n_rows + row
+    while seen < total:
+        for batch in source.batches(tc.batch_size, seed=tc.seed + epoch, shuffle=True, start_row=row):
+            batch = batch[: total - seen]
+            yield epoch, row, batch
+            row += batch.shape[0]
+            seen += batch.shape[0]
+            if seen >= total:
+                return
+        epoch, row = epoch + 1, 0
+
+
+def _prepare(source: Any, cfgs: Sequence[SAEConfig], tc: TrainerConfig, dev: torch.device) -> list[_Run]:
+    first = next(iter(source.batches(tc.batch_size, seed=tc.seed, shuffle=True))).to(dev, torch.float32)
+    runs = []
+    for cfg, name in zip(cfgs, _names(cfgs)):
+        gen = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else tc.seed)
+        sae = SparseAutoencoder(cfg, source.d_in, device=dev, generator=gen)
+        sae.bf16 = tc.autocast == "bf16" or (tc.autocast == "auto" and dev.type == "cuda")
+        mean, scale = _norm_stats(first, cfg.normalize)
+        xn = (first - mean) / scale
+        with torch.no_grad():
+            if cfg.init_b_dec == "median":
+                sae.b_dec.copy_(xn.median(0).values)
+            elif cfg.init_b_dec == "mean":
+                sae.b_dec.copy_(xn.mean(0))
+        var = float((xn - xn.mean(0)).pow(2).sum(1).mean())
+        zeros = torch.zeros(cfg.d_sae, dtype=torch.long, device=dev)
+        runs.append(_Run(cfg, name, sae, _make_optimizer(sae, cfg.learning_rate), mean, scale, var, zeros,
+                         zeros.clone()))
+    return runs
+
+
+def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfig, world: int, all_sum,
+          where: str) -> None:
+    """One optimisation step of one SAE on the local rows ``x``."""
+    sae, cfg = run.sae, run.cfg
+    xn = (x - run.mean) / run.scale if cfg.normalize != "none" else x
+    dead = None
+    if cfg.architecture in ("topk", "batchtopk") and cfg.auxk_alpha > 0:
+        ids = (run.since_fired >= cfg.dead_tokens).nonzero().squeeze(1)
+        dead = ids if ids.numel() else None
+    out = sae.loss_terms(xn, dead=dead, var=run.var, n_rows=n_global, all_sum=all_sum)
+    out.loss.backward()
+    params = [p for p in sae.parameters() if p.grad is not None]
+    if world > 1:
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        flat = _flatten_dense_tensors([p.grad for p in params])
+        dist.all_reduce(flat)
+        for p, g in zip(params, _unflatten_dense_tensors(flat, [p.grad for p in params])):
+            p.grad.copy_(g)
+    sae.remove_parallel_grads_()
+    norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"), foreach=True)
+    loss = float(all_sum(out.loss.detach()))
+    if tc.check_finite and not (math.isfinite(loss) and math.isfinite(float(norm))):
+        what = "loss" if not math.isfinite(loss) else "gradient norm"
+        raise FloatingPointError(f"SAE {run.name!r}: non-finite {what} ({loss if what == 'loss' else float(norm)}) "
+                                 f"at {where}; stopping (resume from the last checkpoint with a lower lr)")
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    sae.normalize_decoder_()
+    fired = out.fired if world == 1 else all_sum(out.fired.to(torch.int32)) > 0
+    run.since_fired += n_global
+    run.since_fired[fired] = 0
+    run.fired_count += fired
+    run.last = {"loss": loss, "fvu": float(all_sum(out.fvu.detach())), "aux": float(all_sum(out.aux_loss.detach())),
+                "l0": float(all_sum(out.l0 * x.shape[0] / n_global)), "lr": lr,
+                "dead": float((run.since_fired >= cfg.dead_tokens).float().mean())}
+
+
+
+def _save_checkpoint(path: Path, runs: list[_Run], state: dict[str, Any]) -> None:
+    doc = dict(state)
+    doc["runs"] = [{"name": r.name, "sae": r.sae.state_dict(), "opt": r.opt.state_dict(), "mean": r.mean,
+                    "scale": r.scale, "var": r.var, "since_fired": r.since_fired, "fired_count": r.fired_count}
+                   for r in runs]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(doc, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, runs: list[_Run], fingerprint: str, dev: torch.device) -> dict[str, Any]:
+    doc = torch.load(path, map_location=dev, weights_only=False)
+    if doc.get("fingerprint") != fingerprint:
+        raise ValueError(f"checkpoint {path} belongs to a different run (configs or data changed); "
+                         f"delete it or set trainer.resume=false")
+    for r, saved in zip(runs, doc["runs"]):
+        r.sae.load_state_dict(saved["sae"])
+        r.opt.load_state_dict(saved["opt"])
+        r.mean, r.scale, r.var = saved["mean"], saved["scale"], saved["var"]
+        r.since_fired.copy_(saved["since_fired"])
+        r.fired_count.copy_(saved["fired_count"])
+    return doc
+
+
+class _Logger:
+    """CSV per SAE under ``<out>/logs``, optional TensorBoard / wandb."""
+
+    FIELDS = ("step", "rows", "loss", "fvu", "fve", "aux", "l0", "dead", "lr", "rows_per_s")
+
+    def __init__(self, out: Path | None, names: list[str], tc: TrainerConfig, resume_step: int):
+        self.files, self.sinks = {}, []
+        if out is None:
+            return
+        logs = out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for n in names:
+            p = logs / f"{n}.csv"
+            rows = list(csv.DictReader(p.open())) if p.exists() and resume_step else []
+            f = p.open("w", newline="")
+            w = csv.DictWriter(f, self.FIELDS)
+            w.writeheader()
+            w.writerows(r for r in rows if int(r["step"]) <= resume_step)
+            self.files[n] = (f, w)
+        if "tensorboard" in tc.trackers:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.sinks.append(("tb", SummaryWriter(str(logs / "tensorboard"))))
+            except ImportError:
+                log.warning("tensorboard is not installed (pip install tensorboard); skipping it")
+        if "wandb" in tc.trackers:
+            try:
+                import wandb
+                self.sinks.append(("wandb", wandb.init(project="sciinterp", dir=str(logs))))
+            except ImportError:
+                log.warning("wandb is not installed (pip install wandb); skipping it")
+
+    def write(self, step: int, rows: int, runs: list[_Run], rate: float) -> None:
+        for r in runs:
+            row = {"step": step, "rows": rows, **{k: r.last.get(k) for k in ("loss", "fvu", "aux", "l0", "dead", "lr")},
+                   "fve": 1 - r.last["fvu"], "rows_per_s": round(rate, 1)}
+            if r.name in self.files:
+                f, w = self.files[r.name]
+                w.writerow(row)
+                f.flush()
+            for kind, sink in self.sinks:
+                scalars = {f"{r.name}/{k}": v for k, v in row.items() if k not in ("step", "rows")}
+                if kind == "tb":
+                    for k, v in scalars.items():
+                        sink.add_scalar(k, v, step)
+                else:
+                    sink.log(scalars, step=step)
+
+    def close(self) -> None:
+        for f, _ in self.files.values():
+            f.close()
+        for kind, sink in self.sinks:
+            sink.close() if kind == "tb" else sink.finish()
+
+
+def fit(
+    source: Any, saes: Sequence[SAEConfig], trainer: TrainerConfig, out_dir: str | os.PathLike | None = None, *,
+    callbacks: Sequence[Callable[[StepInfo], None]] = (), evaluators: Mapping[str, DownstreamEval] | None = None,
+) -> list[SparseAutoencoder]:
+    """Train ``saes`` in one pass over ``source``; return them folded to raw-activation space.
+
+    ``out_dir`` (optional) holds the checkpoint and the logs.  See :func:`train`.
+    """
+    from tqdm.auto import tqdm
+
+    from sciinterp.sources import as_source
+
+    tc = trainer
+    if not saes:
+        raise ValueError("train: the list of SAEConfigs is empty")
+    src = as_source(source)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    rank, world = _dist()
+    dev = _device(tc.device, rank)
+    all_sum = _all_sum(world)
+    out = Path(out_dir) if out_dir is not None else None
+    total, steps = _schedule(src.n_rows, tc)
+    runs = _prepare(src, saes, tc, dev)
+    fp = _fingerprint(saes, tc, src.d_in, src.n_rows)
+    ckpt = out / CHECKPOINT if out is not None else None
+    state = {"step": 0, "epoch": 0, "row": 0, "rows": 0, "fingerprint": fp}
+    if ckpt is not None and tc.resume and ckpt.exists():
+        state = _load_checkpoint(ckpt, runs, fp, dev)
+        log.info("resuming from %s at step %d (%d rows)", ckpt, state["step"], state["rows"])
+    for r in runs:
+        r.sae.train()
+    logger = _Logger(out if rank == 0 else None, [r.name for r in runs], tc, state["step"])
+    bar = tqdm(total=steps, initial=state["step"], disable=not tc.progress or rank == 0 and False or rank != 0,
+               desc="train SAE", unit="step", dynamic_ncols=True)
+    step, rows = state["step"], state["rows"]
+    t0, rows0 = time.perf_counter(), rows
+    try:
+        for epoch, row, batch in _batches(src, tc, total, state["epoch"], state["row"]):
+            n_global = batch.shape[0]
+            local = batch.tensor_split(world)[rank].to(dev, torch.float32, non_blocking=True)
+            lr_f = _lr_factor(step, steps, tc)
+            where = f"step {step + 1} (epoch {epoch}, batch rows {row}-{row + n_global} of the pass)"
+            for r in runs:
+                _step(r, local, n_global, r.cfg.learning_rate * lr_f, tc, world, all_sum, where)
+            step, rows = step + 1, rows + n_global
+            row_next = row + n_global
+            info = StepInfo(step, rows, {r.name: dict(r.last) for r in runs})
+            rate = (rows - rows0) / max(time.perf_counter() - t0, 1e-9)
+            if step % tc.log_every == 0 or step == steps:
+                logger.write(step, rows, runs, rate)
+                r0 = runs[0].last
+                bar.set_postfix(fve=f"{1 - r0['fvu']:.3f}", l0=f"{r0['l0']:.1f}", dead=f"{r0['dead']:.3f}",
+                                rows_s=f"{rate:.0f}")
+            bar.update(1)
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and ckpt is not None and rank == 0:
+                epoch_c, row_c = (epoch, row_next) if row_next < src.n_rows else (epoch + 1, 0)
+                _save_checkpoint(ckpt, runs, {"step": step, "epoch": epoch_c, "row": row_c, "rows": rows,
+                                              "fingerprint": fp})
+            for cb in callbacks:
+                cb(info)
+    finally:
+        bar.close()
+        logger.close()
+    log.info("trained %d SAE(s): %d steps, %d rows, %.0f rows/s", len(runs), step, rows,
+             (rows - rows0) / max(time.perf_counter() - t0, 1e-9))
+    result = []
+    for r in runs:
+        sae = r.sae.folded(r.mean, r.scale)
+        sae.normalization = {"kind": r.cfg.normalize, "folded": True,
+                             "mean": r.mean.reshape(-1).tolist(), "scale": r.scale.reshape(-1).tolist()}
+        sae.provenance = {**getattr(src, "provenance", {}), "hook_name": r.cfg.hook or getattr(src, "hook", None),
+                          "rows": rows, "steps": step}
+        sae.training_state = {"fired_count": r.fired_count.cpu(), "steps": step, "rows": rows}
+        sae.eval()
+        result.append(sae)
+    if evaluators:
+        for r, sae in zip(runs, result):
+            sae.evaluations = {name: dict(fn(sae)) for name, fn in evaluators.items()}
+    return result
+
+
+def train(
+    source: Any, saes: Sequence[SAEConfig], trainer: TrainerConfig, out_dir: str | os.PathLike, *,
+    callbacks: Sequence[Callable[[StepInfo], None]] = (), evaluators: Mapping[str, DownstreamEval] | None = None,
+) -> list[Path]:
+    """Train several SAEs in one pass over ``source``; write one SAE directory per config.
+
+    Parameters
+    ----------
+    source
+        A :class:`sciinterp.sources.RowSource`, an array/tensor ``(N, d_in)`` or a ``.npy`` path.
+    saes
+        One :class:`SAEConfig` per SAE; all see the same batches.
+    trainer
+        Batch size, schedule, checkpoints, devices.
+    out_dir
+        Gets ``<name>/`` per SAE (cfg.json + sae_weights.safetensors), ``logs/<name>.csv``
+        and, while running, ``checkpoint.pt`` (a killed run resumes from it).
+    callbacks
+        Called with a :class:`StepInfo` after every step (on every rank).
+    evaluators
+        Downstream evaluations (:class:`DownstreamEval`) run on each final SAE; results in ``eval.json``.
+
+    Returns
+    -------
+    list[Path]
+        The SAE directories, in the order of ``saes``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = fit(source, saes, trainer, out, callbacks=callbacks, evaluators=evaluators)
+    rank, _ = _dist()
+    paths = []
+    for sae, name in zip(result, _names(saes)):
+        path = out / name
+        if rank == 0:
+            sae.save(path)
+            if getattr(sae, "evaluations", None):
+                (path / "eval.json").write_text(json.dumps(sae.evaluations, indent=2))
+        paths.append(path)
+    if rank == 0 and (out / CHECKPOINT).exists():
+        (out / CHECKPOINT).unlink()
+    return paths
