@@ -271,6 +271,7 @@ class StoreSource:
                 else:
                     window[row : row + len(block)] = block
                 row += len(block)
+                del block
             perm = np.random.default_rng((seed, w)).permutation(sizes[w]) if shuffle else None
             pos = skip if w == first else 0
             while pos < sizes[w]:
