@@ -370,7 +370,7 @@ def feature_summary(
         elif vals.dtype.kind == "f":
             picked = np.where(valid, picked, np.nan)
         else:
-            picked = np.where(valid, picked.astype(str), "")
+            picked = np.where(valid, picked.astype(object), "").astype(str)
         data[c] = (("feature", "rank"), picked)
     return xr.Dataset(
         data,

@@ -23,28 +23,14 @@ from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
-from sciinterp.analysis import metrics as M
-from sciinterp.analysis.stats import (
-    benjamini_hochberg,
-    blocks_of,
-    count_pvalue,
-    normal_pvalue,
-    null_mean_labels,
-    permutation_index,
-    split_groups,
-)
-from sciinterp.features import SortedCodes, entries_to_codes, sorted_codes, subset_rows
+from sciinterp.analysis.engine import LINK_VARIABLES, link_codes
+from sciinterp.analysis.stats import benjamini_hochberg, split_groups
+from sciinterp.features import SortedCodes, entries_to_codes, sorted_codes
 
 __all__ = ["LINK_VARIABLES", "LinkConfig", "link_features", "split_masks"]
 
 log = logging.getLogger(__name__)
-
-LINK_VARIABLES = (
-    "score", "auroc", "threshold", "precision", "recall", "region_recall", "pearson", "spearman", "mi",
-    "pvalue", "qvalue", "effect",
-)  # fmt: skip
 
 
 @dataclass
@@ -113,7 +99,8 @@ def _variables(labels: xr.Dataset) -> tuple[list[str], list[str]]:
 def _coord(name: str, *datasets: xr.Dataset) -> np.ndarray:
     for ds in datasets:
         if name in ds.coords or name in ds.data_vars:
-            return np.asarray(ds[name].values)
+            arr = np.asarray(ds[name].values)
+            return arr.astype(object).astype(str) if arr.dtype.kind in "TO" else arr
     raise KeyError(f"coordinate {name!r} is in neither the labels nor the features")
 
 
@@ -130,13 +117,16 @@ def _pooled_codes(sc: SortedCodes, unit: np.ndarray, n_units: int, unit_size: np
     col = np.repeat(np.arange(sc.n_features), np.diff(sc.indptr))
     ok = u >= 0
     key = col[ok] * n_units + u[ok]
+    if key.size == 0:
+        return entries_to_codes(key, key, np.zeros(0, np.float32), sc.n_features, n_units, f0=sc.f0)
+    order = np.argsort(key, kind="stable")  # stable: within a key, values stay ascending
+    ks = key[order]
+    start = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    uk = ks[start]
     if pool == "mean":
-        uk, inv = np.unique(key, return_inverse=True)
-        val = np.bincount(inv, weights=sc.values[ok]) / unit_size[uk % n_units]
+        val = np.add.reduceat(sc.values[ok][order].astype(np.float64), start) / unit_size[uk % n_units]
     else:  # values ascend within a feature, so the last entry of a key is its max
-        rev = key[::-1]
-        uk, first = np.unique(rev, return_index=True)
-        val = sc.values[ok][::-1][first]
+        val = sc.values[ok][order][np.r_[start[1:], ks.size] - 1]
     return entries_to_codes(uk % n_units, uk // n_units, val, sc.n_features, n_units, f0=sc.f0)
 
 
@@ -182,7 +172,7 @@ def link_features(features: xr.Dataset, labels: xr.Dataset, config: LinkConfig |
     wname = labels.attrs.get("weight")
     w = _coord(wname, labels, features).astype(np.float64) if wname else np.ones(groups.size)
     y = np.stack([np.asarray(labels[n].values, np.float32) for n in names], 1)
-    table = _link(lambda f0, f1: sorted_codes(features, f0=f0, f1=f1), int(features.attrs["d_sae"]),
+    table = link_codes(lambda f0, f1: sorted_codes(features, f0=f0, f1=f1), int(features.attrs["d_sae"]),
                   y, kinds, groups, sel, w, cfg, cfg.null)
     attrs.update(weight=wname or "", null=cfg.null)
     return _to_dataset(table, names, kinds, ["token"] * len(names), attrs)
@@ -203,7 +193,7 @@ def _link_items(features, labels, names, kinds, groups, sel_groups, cfg, attrs) 
         def codes(f0, f1, pool=pool):
             return _pooled_codes(sorted_codes(features, f0=f0, f1=f1), unit, items.size, size, pool)
 
-        table = _link(codes, int(features.attrs["d_sae"]), y, kinds, items, sel, np.ones(items.size), cfg, "permute")
+        table = link_codes(codes, int(features.attrs["d_sae"]), y, kinds, items, sel, np.ones(items.size), cfg, "permute")
         out.append(_to_dataset(table, [f"{n}[{pool}]" for n in names], kinds, [pool] * len(names), attrs))
     res = xr.concat(out, dim="variable")
     res["qvalue"] = (("feature", "variable"), benjamini_hochberg(res["pvalue"].values))
@@ -219,79 +209,3 @@ def _to_dataset(table: dict[str, np.ndarray], names, kinds, level, attrs) -> xr.
                 "variable_kind": ("variable", list(kinds)), "level": ("variable", list(level))},
         attrs=dict(attrs),
     )
-
-
-def _link(codes, d_sae, y, kinds, groups, sel, w, cfg, null) -> dict[str, np.ndarray]:
-    """All statistics ``(d_sae, V)``; ``codes(f0, f1)`` gives the :class:`SortedCodes` of a feature block."""
-    kinds = np.asarray(kinds)
-    ic, iv = np.flatnonzero(kinds == "concept"), np.flatnonzero(kinds == "continuous")
-    held = ~sel
-    yc_s, yc_h, v_h = y[sel][:, ic], y[held][:, ic], y[held][:, iv].astype(np.float64)
-    known_s = None if np.isfinite(yc_s).all() else np.isfinite(yc_s).astype(np.float32)
-    known_h = None if np.isfinite(yc_h).all() else np.isfinite(yc_h).astype(np.float32)
-    yc_s, yc_h = np.nan_to_num(yc_s), np.nan_to_num(yc_h)
-    w_h = w[held]
-    blocks = blocks_of(groups[held])
-    ybar = null_mean_labels(yc_h, blocks, null).astype(np.float32) if ic.size else None
-    vknown = None if np.isfinite(v_h).all() else np.isfinite(v_h).astype(np.float64)
-    v0 = np.nan_to_num(v_h)
-    if iv.size:
-        from scipy.stats import rankdata
-
-        vrank = np.nan_to_num(rankdata(v_h, axis=0, nan_policy="omit"))
-    out = {k: np.full((d_sae, y.shape[1]), np.nan) for k in LINK_VARIABLES}
-    Q = cfg.n_thresholds
-    bar = tqdm(total=d_sae, desc="link", unit="feat", disable=not cfg.progress)
-    for f0 in range(0, d_sae, cfg.feature_block):
-        f1 = min(f0 + cfg.feature_block, d_sae)
-        sc = codes(f0, f1)
-        sc_s, sc_h = subset_rows(sc, sel), subset_rows(sc, held)
-        del sc
-        edges = M.quantile_edges(sc_s, Q)
-        bins_h = M.bin_entries(sc_h, edges)
-        n_act = np.diff(sc_h.indptr)[:, None]
-        rows = slice(f0, f1)
-        if ic.size:
-            t_s = M.concept_table(M.bin_matrix(sc_s, M.bin_entries(sc_s, edges), Q), yc_s, known_s, Q)
-            level = np.argmax(t_s.f1(), axis=1)  # (F, C)
-            del t_s
-            mb = M.bin_matrix(sc_h, bins_h, Q)
-            t_h = M.concept_table(mb, yc_h, known_h, Q)
-            tp, pred = t_h.at(level)
-            thr = np.where(level == 0, 0.0, np.take_along_axis(np.c_[np.zeros(f1 - f0), edges], level, 1))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                prec, rec = tp / pred, tp / t_h.pos[None, :]
-                f1s = 2 * tp / (pred + t_h.pos[None, :])
-            mu = M.tp_at(mb, ybar, level, Q)
-            ss = np.zeros_like(mu)
-            for p in range(cfg.n_perm):
-                src = permutation_index(blocks, null, np.random.default_rng([cfg.seed, 1, p]))
-                ss += (M.tp_at(mb, yc_h[src], level, Q) - mu) ** 2
-            pval = count_pvalue(tp, mu, ss / cfg.n_perm)
-            for name, val in [("score", f1s), ("precision", prec), ("recall", rec), ("threshold", thr),
-                              ("auroc", M.auroc_from_table(t_h)), ("mi", M.mi_concept(t_h)),
-                              ("effect", M.log_odds(tp, pred, t_h.pos[None, :], t_h.known[None, :])),
-                              ("pvalue", np.where(n_act >= cfg.min_active, pval, 1.0))]:  # fmt: skip
-                out[name][rows, ic] = val
-            if cfg.region_recall:
-                out["region_recall"][rows, ic] = M.region_recall(sc_h, bins_h, level, yc_h, blocks.order, blocks.starts)
-            del mb, t_h
-        if iv.size:
-            mt, mt2 = M.value_matrix(sc_h), M.value_matrix(sc_h, sc_h.values.astype(np.float64) ** 2)
-            r = M.correlation(mt, mt2, v0, vknown, w_h)
-            s1, s2 = np.zeros_like(r), np.zeros_like(r)
-            for p in range(cfg.n_perm):
-                src = permutation_index(blocks, null, np.random.default_rng([cfg.seed, 1, p]))
-                rp = np.nan_to_num(M.correlation(mt, mt2, v0[src], None if vknown is None else vknown[src], w_h))
-                s1, s2 = s1 + rp, s2 + rp**2
-            mean = s1 / cfg.n_perm
-            sd = np.sqrt(np.maximum(s2 / cfg.n_perm - mean**2, 0) * cfg.n_perm / (cfg.n_perm - 1))
-            rk = M.rank_codes(sc_h)
-            rs = M.correlation(M.value_matrix(sc_h, rk), M.value_matrix(sc_h, rk**2), vrank, vknown, w_h)
-            pval = np.where((n_act >= cfg.min_active) & np.isfinite(r), normal_pvalue(r, mean, sd, cfg.n_perm), 1.0)
-            for name, val in [("score", r), ("pearson", r), ("effect", r), ("spearman", rs), ("pvalue", pval),
-                              ("mi", M.mi_continuous(sc_h, bins_h, Q, v_h, w_h, cfg.mi_bins))]:  # fmt: skip
-                out[name][rows, iv] = val
-        bar.update(f1 - f0)
-    bar.close()
-    return out
