@@ -17,7 +17,7 @@ from typing import Any
 
 from sciinterp.stages import run_stage
 
-__all__ = ["HarvestConfig", "harvest", "run_from_config", "train"]
+__all__ = ["AnalyzeConfig", "HarvestConfig", "analyze", "harvest", "report", "run_from_config", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,91 @@ def train(
     return result or sorted(p.parent for p in stage_dir.glob("*/cfg.json"))
 
 
+@dataclass
+class AnalyzeConfig:
+    """How to encode the store with an SAE and link its features to labels."""
+
+    hook: str
+    """Hook point of the store that the SAE was trained on."""
+    batch_size: int = 8192
+    """Tokens encoded per batch."""
+    top_n: int = 20
+    """Top examples kept per feature."""
+    link: dict[str, Any] = field(default_factory=dict)
+    """Fields of :class:`sciinterp.analysis.LinkConfig` (``n_perm``, ``alpha``, ``split``, ...)."""
+
+
+def _write_netcdf(ds: Any, path: Path) -> None:
+    """Atomic netCDF write (temporary name, then rename); list attrs become JSON strings."""
+    import json
+
+    ds = ds.copy()
+    ds.attrs = {k: (json.dumps(v) if isinstance(v, (list, dict, tuple)) else v) for k, v in ds.attrs.items()}
+    for name in list(ds.variables):
+        if ds[name].dtype == object:
+            ds[name] = ds[name].astype(str)
+    tmp = path.with_name(f".{path.name}.tmp")
+    ds.to_netcdf(tmp, engine="h5netcdf")
+    os.replace(tmp, path)
+
+
+def analyze(
+    store: str | os.PathLike,
+    sae_dir: str | os.PathLike,
+    labels: Any,
+    data: Any,
+    cfg: AnalyzeConfig,
+    out: str | os.PathLike,
+    *,
+    force: bool = False,
+) -> Path:
+    """Encode ``store`` with the SAE, summarise features and link them to labels.
+
+    ``labels`` is a callable ``labels(tokens, data) -> xr.Dataset`` (the label contract in
+    ``docs/architecture.md``) or a ready ``xr.Dataset``.  Writes into ``<out>/analyze/``:
+    ``features.zarr``, ``summary.nc``, ``labels.nc``, ``links.nc``, ``discovery.nc``.
+    """
+    from sciinterp.analysis import LinkConfig, discovery_queue, link_features
+    from sciinterp.features import encode_store, feature_summary, open_features
+    from sciinterp.store import open_store
+
+    record = {"store": str(store), "sae": str(sae_dir), "labels": _describe(labels), "data": _describe(data), **asdict(cfg)}
+
+    def work(d: Path) -> None:
+        feats_path = encode_store(store, sae_dir, cfg.hook, d / "features.zarr", batch_size=cfg.batch_size)
+        feats = open_features(feats_path)
+        summary = feature_summary(feats, top_n=cfg.top_n)
+        _write_netcdf(summary, d / "summary.nc")
+        lab = labels(open_store(store), data) if callable(labels) else labels
+        _write_netcdf(lab, d / "labels.nc")
+        links = link_features(feats, lab, LinkConfig(**cfg.link))
+        _write_netcdf(links, d / "links.nc")
+        _write_netcdf(discovery_queue(links, summary), d / "discovery.nc")
+
+    return run_stage("analyze", out, record, work, inputs=_path_inputs(store, sae_dir, data), force=force)
+
+
+def report(analysis_dir: str | os.PathLike, out: str | os.PathLike, *, title: str = "sciinterp report",
+           n_cards: int = 24, force: bool = False) -> Path:
+    """Write the HTML report of an analyze stage into ``<out>/report/index.html``."""
+    import xarray as xr
+
+    from sciinterp.features import open_features
+    from sciinterp.report import build_report
+
+    a = Path(analysis_dir)
+    record = {"analysis": str(a), "title": title, "n_cards": n_cards}
+
+    def work(d: Path) -> None:
+        links = xr.load_dataset(a / "links.nc")
+        summary = xr.load_dataset(a / "summary.nc")
+        queue = xr.load_dataset(a / "discovery.nc")
+        build_report(d, links, summary, features=open_features(a / "features.zarr"),
+                     discovery=[int(f) for f in queue["feature"].values], n_cards=n_cards, title=title)
+
+    return run_stage("report", out, record, work, inputs=[a], force=force) / "index.html"
+
+
 def run_from_config(cfg: Any) -> Any:
     """Dispatch ``cfg.stage`` from a resolved Hydra config (the CLI's only entry)."""
     from hydra.utils import instantiate
@@ -110,7 +195,9 @@ def run_from_config(cfg: Any) -> Any:
         hcfg = HarvestConfig(**OmegaConf.to_container(cfg.harvest, resolve=True))
         result["store"] = harvest(adapter, data, hcfg, out, force=force)
     if stage in ("train", "run"):
-        source = cfg.train.source or result.get("store") or out / "harvest" / "store.zarr"
-        saes = [instantiate(cfg.sae, **dict(o)) for o in (cfg.train.sweep or [{}])]
+        data_path = cfg.data.get("path") if stage == "train" else None  # `data.path=acts.npy` (issue #3 form)
+        source = cfg.train.source or data_path or result.get("store") or out / "harvest" / "store.zarr"
+        sweep = OmegaConf.to_container(cfg.train.sweep, resolve=True) if cfg.train.sweep else [{}]
+        saes = [instantiate(cfg.sae, **o) for o in sweep]
         result["saes"] = train(source, cfg.train.hook, saes, instantiate(cfg.trainer), out, force=force)
     return result

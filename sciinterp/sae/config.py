@@ -105,7 +105,7 @@ class TrainerConfig:
     epochs: int = 1
     """Passes over the source when ``max_rows`` is ``None`` (otherwise as many as needed)."""
     warmup_steps: int = 100
-    """Linear learning-rate warm-up from 0 over this many steps."""
+    """Linear learning-rate warm-up over this many steps (at most a tenth of the run)."""
     decay: Literal["cosine", "linear", "none"] = "linear"
     """Learning-rate decay after warm-up, down to ``min_lr_ratio`` at the last step."""
     decay_start: float = 0.8

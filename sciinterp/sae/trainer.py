@@ -99,9 +99,10 @@ def _device(name: str, rank: int) -> torch.device:
 
 def _lr_factor(step: int, total: int, tc: TrainerConfig) -> float:
     """Warm-up then decay multiplier of the peak learning rate at 0-based ``step``."""
-    if tc.warmup_steps and step < tc.warmup_steps:
-        return (step + 1) / tc.warmup_steps
-    start = max(tc.warmup_steps, int(tc.decay_start * total))
+    warmup = min(tc.warmup_steps, total // 10)  # short runs: at most a tenth of the run
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    start = max(warmup, int(tc.decay_start * total))
     if tc.decay == "none" or step < start or total <= start:
         return 1.0
     frac = (step - start) / max(total - start, 1)
