@@ -71,14 +71,17 @@ class ESM2Options:
     """Residues per forward row (at most 1,022)."""
     long_policy: Literal["window", "crop", "error"] = "window"
     """What to do with proteins longer than ``max_len`` (see the module docstring)."""
-    window_overlap: int = 256
-    """Residues shared by consecutive windows (``long_policy="window"``); must be < ``max_len``."""
+    window_overlap: int | None = None
+    """Residues shared by consecutive windows (``long_policy="window"``), < ``max_len``;
+    default ``max_len // 4`` (255 for 1,022)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_len <= MAX_RESIDUES:
             raise ValueError(f"max_len={self.max_len}: ESM-2 takes 1..{MAX_RESIDUES} residues per row")
         if self.long_policy not in ("window", "crop", "error"):
             raise ValueError(f"long_policy={self.long_policy!r}: use 'window', 'crop' or 'error'")
+        if self.window_overlap is None:
+            object.__setattr__(self, "window_overlap", self.max_len // 4)
         if not 0 <= self.window_overlap < self.max_len:
             raise ValueError(f"window_overlap={self.window_overlap} must be in [0, max_len={self.max_len})")
         if self.precision not in ("auto", "float32", "bfloat16"):
