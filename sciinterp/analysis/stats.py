@@ -135,7 +135,8 @@ def count_pvalue(obs: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarr
     """One-sided ``P(X >= obs)`` for a null count with the given mean and variance.
 
     Moment-matched negative binomial when over-dispersed (``var > mean``), Poisson otherwise
-    (conservative for the under-dispersed, hypergeometric-like case).  ``mean <= 0`` and
+    (conservative for the under-dispersed, hypergeometric-like case); never below the Poisson tail,
+    so the Poisson p-value is a lower bound of the result for any variance.  ``mean <= 0`` and
     ``obs <= mean`` give p = 1 when ``obs`` is 0.
     """
     from scipy import stats
@@ -149,7 +150,7 @@ def count_pvalue(obs: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarr
     if over.any():
         r = mean[over] ** 2 / (var[over] - mean[over])
         p_nb = stats.nbinom.sf(k[over], r, r / (r + mean[over]))
-        p[over] = np.maximum(p_nb, 0.0)
+        p[over] = np.maximum(p_nb, p[over])  # never below the Poisson tail: a lower bound the screen relies on
     return np.where(obs <= 0, 1.0, np.clip(p, 0.0, 1.0))
 
 
