@@ -7,13 +7,19 @@ Usage::
 
 Every ``key=value`` is a Hydra override of the configs in ``conf/`` (shipped as
 ``sciinterp.conf``); ``-m``/``--multirun`` sweeps, e.g.
-``sciinterp train -m sae.d_sae=2048,4096 sae.k=16,32``.
+``sciinterp train -m sae.d_sae=2048,4096 sae.k=16,32``.  Each stage writes into
+``<out>/<stage>/`` and is skipped when its config and inputs are unchanged
+(content hash); ``--force`` redoes it.  The resolved config of the last run is
+saved as ``<out>/config.yaml``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import warnings
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -29,22 +35,43 @@ def _hydra_entry() -> None:
 
     @hydra.main(version_base="1.3", config_path="pkg://sciinterp.conf", config_name="config")
     def _main(cfg: DictConfig) -> None:
+        _save_config(cfg)
         run_from_config(cfg)
 
     _main()
 
 
+def _save_config(cfg) -> None:
+    """Write the resolved config to ``<out>/config.yaml`` (atomically)."""
+    from omegaconf import OmegaConf
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".config.yaml.{os.getpid()}.tmp"
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, out / "config.yaml")
+
+
 def _list_adapters() -> int:
     from sciinterp.registry import GROUP, describe_adapters
 
-    rows = describe_adapters()
+    with warnings.catch_warnings():  # the table below says the same, once
+        warnings.simplefilter("ignore")
+        rows = describe_adapters()
     if not rows:
         print(f"no adapters registered in entry-point group {GROUP!r}")
         return 1
-    width = max(len(r[0]) for r in rows)
-    for name, target, status in rows:
-        print(f"{name:<{width}}  {target}  [{status}]")
-    return 0
+    w_name = max(len("NAME"), *(len(r.name) for r in rows))
+    w_target = max(len("TARGET"), *(len(r.target) for r in rows))
+    print(f"{'NAME':<{w_name}}  {'STATUS':<6}  {'TARGET':<{w_target}}  PACKAGE")
+    for r in rows:
+        print(f"{r.name:<{w_name}}  {r.status:<6}  {r.target:<{w_target}}  {r.package}")
+        if r.error:
+            print(f"{'':<{w_name}}    -> {r.error}")
+    broken = [r.name for r in rows if r.status != "ok"]
+    if broken:
+        print(f"\n{len(broken)} of {len(rows)} adapters failed to load ({', '.join(broken)}); the others work.")
+    return 0 if len(broken) < len(rows) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

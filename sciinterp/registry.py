@@ -2,7 +2,11 @@
 
 Built-in adapters are registered in ``pyproject.toml`` under the same group as
 third-party plugins, so there is one table.  A plugin that fails to import
-warns instead of breaking the others.
+warns instead of breaking the others.  A third-party package registers its
+adapter class with::
+
+    [project.entry-points."sciinterp.adapters"]
+    mymodel = "my_package.adapter:MyModelAdapter"
 """
 
 from __future__ import annotations
@@ -10,17 +14,64 @@ from __future__ import annotations
 import functools
 import warnings
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["GROUP", "available_adapters", "describe_adapters", "get_adapter", "load_adapter_class"]
+__all__ = ["GROUP", "AdapterInfo", "available_adapters", "describe_adapters", "get_adapter", "load_adapter_class"]
 
 GROUP = "sciinterp.adapters"
+# missing top-level module -> the extra of pyproject.toml that installs it
+_EXTRAS = {
+    "esm": "esm", "torch_harmonics": "weather", "h5netcdf": "weather", "global_land_mask": "weather",
+    "aurora": "aurora", "torchvision": "aurora", "mdtraj": "structure", "Bio": "structure", "pyhmmer": "structure",
+}  # fmt: skip
+
+
+class AdapterInfo(NamedTuple):
+    """One registered adapter, as ``sciinterp adapters list`` shows it."""
+
+    name: str
+    """Registered name (``get_adapter(name)``)."""
+    target: str
+    """``module:Class`` the entry point names."""
+    package: str
+    """Distribution that registers it (``?`` if unknown)."""
+    status: str
+    """``"ok"`` or ``"broken"``."""
+    error: str
+    """Why a broken adapter failed to load, with a hint; empty when ok."""
 
 
 @functools.cache
 def available_adapters() -> dict[str, EntryPoint]:
-    """Registered adapters: name -> entry point (not yet imported)."""
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """Registered adapters: name -> entry point (not yet imported).
+
+    Two distributions registering the same name warn; the first one found wins.
+    """
+    table: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=GROUP):
+        if ep.name in table and table[ep.name].value != ep.value:
+            warnings.warn(
+                f"adapter name {ep.name!r} is registered twice ({table[ep.name].value} and {ep.value}); "
+                f"using {table[ep.name].value}",
+                stacklevel=2,
+            )
+            continue
+        table.setdefault(ep.name, ep)
+    return table
+
+
+def _hint(ep: EntryPoint, err: BaseException) -> str:
+    module = ep.value.split(":")[0]
+    missing = (getattr(err, "name", None) or "").split(".")[0]
+    if isinstance(err, ImportError) and missing in _EXTRAS:
+        return f"; install its extra: pip install 'sciinterp[{_EXTRAS[missing]}]'"
+    if isinstance(err, ImportError) and missing == module.split(".")[0]:
+        return f"; {err.name} is not part of this installation (not implemented in this version?)"
+    if isinstance(err, ImportError):
+        return "; is the package providing it installed?"
+    if isinstance(err, AttributeError):
+        return f"; {module} does not define it (not implemented in this version?)"
+    return ""
 
 
 def load_adapter_class(name: str) -> type:
@@ -34,11 +85,8 @@ def load_adapter_class(name: str) -> type:
         )
     try:
         return eps[name].load()
-    except ImportError as err:
-        raise ImportError(
-            f"adapter {name!r} ({eps[name].value}) could not be imported: {err}. "
-            "Install its extra, e.g. pip install 'sciinterp[esm]' or 'sciinterp[weather]'."
-        ) from err
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"adapter {name!r} ({eps[name].value}) could not be loaded: {err}{_hint(eps[name], err)}") from err
 
 
 def get_adapter(adapter: str | type, **kwargs: Any) -> Any:
@@ -50,15 +98,16 @@ def get_adapter(adapter: str | type, **kwargs: Any) -> Any:
     return cls(**kwargs)
 
 
-def describe_adapters() -> list[tuple[str, str, str]]:
-    """(name, target, status) for every registered adapter; broken ones warn."""
+def describe_adapters() -> list[AdapterInfo]:
+    """Every registered adapter with its load status, sorted by name; broken ones warn."""
     rows = []
     for name, ep in sorted(available_adapters().items()):
+        package = ep.dist.name if getattr(ep, "dist", None) is not None else "?"
         try:
             ep.load()
-            status = "ok"
+            rows.append(AdapterInfo(name, ep.value, package, "ok", ""))
         except Exception as err:  # a broken plugin must not hide the others
-            warnings.warn(f"adapter plugin {name!r} failed to load: {err}", stacklevel=2)
-            status = f"broken: {type(err).__name__}: {err}"
-        rows.append((name, ep.value, status))
+            why = f"{type(err).__name__}: {err}{_hint(ep, err)}"
+            warnings.warn(f"adapter plugin {name!r} ({ep.value}) failed to load: {why}", stacklevel=2)
+            rows.append(AdapterInfo(name, ep.value, package, "broken", why))
     return rows
