@@ -155,7 +155,7 @@ class SphereOps:
         return (np.roll(f, -1, axis=-1) - np.roll(f, 1, axis=-1)) / (2 * dlam)
 
     def _ddphi(self, f: np.ndarray) -> np.ndarray:
-        return np.gradient(f, np.deg2rad(self.lat), axis=-2)
+        return np.gradient(f, np.deg2rad(self.lat), axis=-2, edge_order=2)
 
     def _coslat(self) -> np.ndarray:
         return np.maximum(np.cos(np.deg2rad(self.lat)), 1e-12)[:, None]
