@@ -264,6 +264,7 @@ def hmm_domain_labels(
     sequences: Mapping[str, str] | None = None,
     coordinates: Literal["envelope", "alignment"] = "envelope",
     cpus: int = 1,
+    search_options: Mapping[str, object] | None = None,
 ) -> xr.Dataset:
     """Per-token concepts ``hmm_<name>`` from ``hmmsearch`` of an HMM file against the proteins.
 
@@ -279,6 +280,9 @@ def hmm_domain_labels(
         Label the domain ``envelope`` (env_from..env_to) or the ``alignment`` span.
     cpus
         Threads for pyhmmer.
+    search_options
+        Extra keyword arguments of ``pyhmmer.hmmer.hmmsearch`` (e.g. ``Z`` for the database
+        size that E-values refer to, ``bit_cutoffs="gathering"`` for Pfam GA cut-offs).
 
     Only hits and domains that pass HMMER's default inclusion thresholds (E <= 0.01) count.
     Every searched protein gets 0/1; proteins of the tokens missing from ``sequences`` NaN.
@@ -299,7 +303,7 @@ def hmm_domain_labels(
         for i, n in enumerate(names)
     ])
     spans: dict[str, dict[str, list[tuple[int, int]]]] = {}
-    for hits in pyhmmer.hmmer.hmmsearch(hmms, digital, cpus=cpus):
+    for hits in pyhmmer.hmmer.hmmsearch(hmms, digital, cpus=cpus, **dict(search_options or {})):
         qname = hits.query.name
         qname = qname.decode() if isinstance(qname, bytes) else str(qname)
         per = spans.setdefault(qname, {})
