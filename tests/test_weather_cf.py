@@ -194,7 +194,7 @@ def test_normalise_unit_spellings():
 def test_open_dataset_netcdf_and_zarr(tmp_path):
     ds = _raw()
     ds.to_netcdf(tmp_path / "a.nc", engine="scipy")
-    ds.to_zarr(tmp_path / "a.zarr")
+    ds.to_zarr(tmp_path / "a.zarr", consolidated=False)
     for p in ("a.nc", "a.zarr"):
         out = prepare_dataset(open_dataset(tmp_path / p), ["t"], levels=[500])
         assert out["t"].shape == (2, 1, 9, 12)
@@ -203,3 +203,12 @@ def test_open_dataset_netcdf_and_zarr(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(CFError, match="unknown weather file type '.txt'"):
         open_dataset(tmp_path / "x.txt")
+
+
+def test_grib_needs_cfgrib(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cfgrib", None)
+    (tmp_path / "a.grib").write_bytes(b"GRIB")
+    with pytest.raises(ImportError, match=r"a.grib needs cfgrib: pip install cfgrib eccodes"):
+        open_dataset(tmp_path / "a.grib")

@@ -281,3 +281,21 @@ def test_sample_fields_missing_level_is_an_error():
     tokens, _, _ = _tokens(ds, n=10)
     with pytest.raises(ValueError, match=r"field 't' has no level 850 hPa \(levels: \[250.0, 500.0, 1000.0\]\)"):
         sample_fields(tokens, ds, levels=[850])
+
+
+def test_shallow_water_output_prepares_and_labels():
+    from sciinterp_adapters.weather.cf import prepare_dataset
+    from sciinterp_adapters.weather.shallow_water import generate_shallow_water
+
+    sw = generate_shallow_water(nlat=16, nlon=32, n_trajectories=1, n_times=2, spinup_hours=6,
+                                eddy_wavenumbers=(1, 4), variables=("z", "u", "v", "vo"), progress=False)
+    ds = prepare_dataset(sw, ["z", "u", "v", "vo"])
+    assert ds.attrs["cf_normalisation"] == "none"
+    d = derive_fields(ds, ["vorticity", "jet"], jet_threshold=20.0)
+    assert d["vorticity"].attrs["method"] == "spectral"
+    # our spectral vorticity reproduces the solver's own (same transforms, float32 round-off)
+    a, b = d["vorticity"].values, ds["vo"].values
+    assert np.sqrt(np.mean((a - b) ** 2) / np.mean(b**2)) < 1e-3
+    speed = np.hypot(ds["u"], ds["v"]).values
+    np.testing.assert_array_equal(d["jet"].values, (speed > 20.0).astype("float32"))
+    assert d["jet"].attrs["kind"] == "concept"

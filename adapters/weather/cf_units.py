@@ -112,6 +112,8 @@ VARIABLES: tuple[VarSpec, ...] = (
     VarSpec("clwc", ("clwc", "clw", "specific_cloud_liquid_water_content"), "kg kg-1", None, ("g kg-1",), "cloud liquid water content"),
     VarSpec("r", ("r", "hur", "rhum", "relative_humidity"), "%", "relative_humidity", ("1",), "relative humidity"),
     VarSpec("w", ("w", "wap", "omega", "vertical_velocity"), "Pa s-1", "lagrangian_tendency_of_air_pressure", (), "pressure vertical velocity"),
+    VarSpec("vo", ("vo", "vort", "vorticity", "relative_vorticity"), "s-1", "atmosphere_relative_vorticity", (), "relative vorticity"),
+    VarSpec("d", ("d", "div", "divergence"), "s-1", "divergence_of_wind", (), "divergence"),
     VarSpec("2t", ("2t", "t2m", "tas", "2m_temperature"), "K", None, ("degC",), "2 m temperature"),
     VarSpec("10u", ("10u", "u10", "u10m", "uas", "10m_u_component_of_wind"), "m s-1", None, ("knot",), "10 m eastward wind"),
     VarSpec("10v", ("10v", "v10", "v10m", "vas", "10m_v_component_of_wind"), "m s-1", None, ("knot",), "10 m northward wind"),

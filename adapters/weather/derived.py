@@ -255,17 +255,20 @@ def derive_fields(
         out["temperature_gradient"] = _like(
             fields["t"], np.hypot(grad.x, grad.y) * 1e5, "K (100 km)-1", "temperature-gradient magnitude", ops.method
         )
-    if "jet" in names and has_wind and "level" in fields["u"].dims:
+    if "jet" in names and has_wind:
         lo, hi = jet_levels
-        upper = fields[["u", "v"]].sel(level=(fields.level >= lo) & (fields.level <= hi))
+        if "level" in fields["u"].dims:
+            upper = fields[["u", "v"]].sel(level=(fields.level >= lo) & (fields.level <= hi))
+            where = f"max wind speed over {lo:g}-{hi:g} hPa"
+        else:  # single-level model (e.g. shallow water): the one level is the jet level
+            upper, where = fields[["u", "v"]].expand_dims(level=[np.nan]), "wind speed"
         if upper.sizes["level"] == 0:
             log.info("skipping jet: no level within %s hPa", jet_levels)
         else:
             speed = np.hypot(upper["u"], upper["v"]).max("level")
             jet = (speed > jet_threshold).astype("float32").where(speed.notnull())
             out["jet"] = jet.assign_attrs(
-                long_name=f"max wind speed over {lo:g}-{hi:g} hPa above {jet_threshold:g} m s-1",
-                threshold=jet_threshold,
+                long_name=f"{where} above {jet_threshold:g} m s-1", threshold=jet_threshold, kind="concept"
             )
     if "thickness" in names and "z" in fields and "level" in fields["z"].dims:
         lev = fields["level"].values

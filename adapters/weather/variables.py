@@ -272,8 +272,6 @@ def physical_labels(
         base = fields
         if derived:
             extra = derive_fields(fields, list(derived), **dict(derive_kwargs or {}))
-            if "jet" in extra:
-                extra["jet"].attrs["kind"] = "concept"
             base = xr.merge([fields.drop_vars("zs", errors="ignore"), extra], combine_attrs="override")
         else:
             base = fields.drop_vars("zs", errors="ignore")
