@@ -69,3 +69,16 @@ def test_shipped_files_checksums():
     sha = hashlib.sha256(ERA5_SAMPLE.read_bytes()).hexdigest()
     assert sha == "18f66e795af9f564a2b6e0d861b9a51e74ce831a82675b47ff957be709554a5e"
     assert NCEP_SAMPLE.stat().st_size < 200_000
+
+
+def test_era5_data_config_instantiates():
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "data" / "era5.yaml")
+    ds = instantiate(cfg)
+    assert list(ds.data_vars) == ["u", "v", "z", "t", "q"]
+    assert ds.sizes == {"time": 1, "level": 13, "lat": 32, "lon": 64}
+    assert list(ds.level.values[[0, -1]]) == [50.0, 1000.0]
