@@ -5,13 +5,14 @@ then links it in a fresh process so the peak RSS printed is the linker's own::
 
     nice -n 10 .venv/bin/python benchmarks/link_scale.py --dir /tmp/link_scale [--tokens 1000000]
 
-Prints wall time, peak RSS and whether the planted links were recovered (q < 0.05).
+Prints wall time, CPU time (user + sys of the process: the machine may be shared), peak RSS and whether the planted links were recovered (q < 0.05).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -61,16 +62,16 @@ def measure(d: Path, n_perm: int) -> None:
     feats = open_features(d / "features.zarr")
     labels = xr.load_dataset(d / "labels.nc")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lt = link_features(feats, labels, n_perm=n_perm, progress=False)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     truth = json.loads((d / "truth.json").read_text())
     q = [float(lt.qvalue.sel(feature=f, variable=v)) for f, v in truth]
     sig = lt.qvalue.values < 0.05
     print(json.dumps({
         "tokens": feats.sizes["token"], "k": feats.sizes["k"], "d_sae": int(feats.attrs["d_sae"]),
-        "variables": labels.sizes and len(labels.data_vars), "n_perm": n_perm, "seconds": round(dt, 1),
+        "variables": labels.sizes and len(labels.data_vars), "n_perm": n_perm, "seconds": round(dt, 1), "cpu_seconds": round(cpu, 1), "load_avg_1min": os.getloadavg()[0],
         "peak_rss_mb": round(peak), "rss_before_link_mb": round(rss0),
         "planted_recovered": sum(x < 0.05 for x in q), "planted": len(q), "n_significant": int(sig.sum()),
     }))  # fmt: skip

@@ -47,7 +47,7 @@ class LinkConfig:
     """Share of groups (proteins, time steps) in the selection split; the rest is held out."""
     split: Literal["random", "contiguous"] = "random"
     """``random`` groups, or ``contiguous`` (first part of the sorted groups: time blocks)."""
-    null: Literal["shift", "shuffle", "permute"] = "shift"
+    null_method: Literal["shift", "shuffle", "permute"] = "shift"
     """Permutation null for token-level labels: circular shift within groups, shuffle of equal-size groups,
     or free permutation.  Per-item variables always use a free permutation of items."""
     min_active: int = 3
@@ -70,10 +70,11 @@ class LinkConfig:
     """Show tqdm progress bars."""
 
     def __post_init__(self) -> None:
+        self.pool, self.probe_ks = [str(p) for p in self.pool], [int(k) for k in self.probe_ks]  # Hydra lists
         checks = {
             "n_perm": self.n_perm >= 2, "alpha": 0 < self.alpha < 1, "n_thresholds": 1 <= self.n_thresholds <= 127,
             "select_fraction": 0 < self.select_fraction < 1, "split": self.split in ("random", "contiguous"),
-            "null": self.null in ("shift", "shuffle", "permute"), "min_active": self.min_active >= 1,
+            "null_method": self.null_method in ("shift", "shuffle", "permute"), "min_active": self.min_active >= 1,
             "mi_bins": self.mi_bins >= 2, "feature_block": self.feature_block >= 1,
             "pool": bool(self.pool) and set(self.pool) <= {"max", "mean"},
             "probe_ks": bool(self.probe_ks) and min(self.probe_ks) >= 1, "probe_max_tokens": self.probe_max_tokens >= 10,
@@ -173,8 +174,8 @@ def link_features(features: xr.Dataset, labels: xr.Dataset, config: LinkConfig |
     w = _coord(wname, labels, features).astype(np.float64) if wname else np.ones(groups.size)
     y = np.stack([np.asarray(labels[n].values, np.float32) for n in names], 1)
     table = link_codes(lambda f0, f1: sorted_codes(features, f0=f0, f1=f1), int(features.attrs["d_sae"]),
-                  y, kinds, groups, sel, w, cfg, cfg.null)
-    attrs.update(weight=wname or "", null=cfg.null)
+                  y, kinds, groups, sel, w, cfg, cfg.null_method)
+    attrs.update(weight=wname or "", null=cfg.null_method)
     return _to_dataset(table, names, kinds, ["token"] * len(names), attrs)
 
 
