@@ -299,3 +299,36 @@ def test_shallow_water_output_prepares_and_labels():
     speed = np.hypot(ds["u"], ds["v"]).values
     np.testing.assert_array_equal(d["jet"].values, (speed > 20.0).astype("float32"))
     assert d["jet"].attrs["kind"] == "concept"
+
+
+def test_labels_from_a_real_store_with_era5(tmp_path):
+    import torch
+
+    from sciinterp.adapter import TokenBatch
+    from sciinterp.store import StoreWriter, open_store
+    from sciinterp_adapters.weather.era5 import load_era5_sample
+
+    e = load_era5_sample(["u", "v", "z", "t"], levels=[250, 500, 850, 1000])
+    la, lo = np.meshgrid(e.lat.values, e.lon.values, indexing="ij")
+    n = la.size
+    coords = {
+        "time": np.full(2 * n, "1959-01-02T00:00:00"),
+        "lead": np.repeat([0, 6], n),
+        "level": np.full(2 * n, np.nan),
+        "lat": np.tile(la.ravel(), 2),
+        "lon": np.tile(lo.ravel(), 2),
+        "area_weight": np.tile(np.cos(np.deg2rad(la.ravel())), 2),
+    }
+    with StoreWriter(tmp_path / "s.zarr") as w:
+        w.append(TokenBatch(acts={"h": torch.zeros(2 * n, 4)}, coords=coords, items=["1959-01-02T00"]))
+    tokens = open_store(tmp_path / "s.zarr")
+    labels = physical_labels(tokens, e, levels=[250, 500])
+    assert labels.sizes["token"] == 2 * n
+    # lead 0 tokens read the analysis; lead 6 has no field -> NaN, static labels still defined
+    np.testing.assert_array_equal(labels["z_500"].values[:n], e["z"].sel(level=500).values.ravel())
+    assert np.isnan(labels["z_500"].values[n:]).all() and np.isfinite(labels["land"].values).all()
+    sahara = np.flatnonzero((np.abs(coords["lat"] - 22.0) < 3) & (np.abs(coords["lon"] - 11.25) < 0.1))
+    assert labels["land"].values[sahara].min() == 1.0
+    assert labels["season_DJF"].values.min() == 1.0
+    assert labels["jet"].values[:n].mean() > 0.1  # January: the subtropical jets
+    assert labels.attrs == {**labels.attrs, "group": "time", "weight": "area_weight"}
