@@ -78,7 +78,7 @@ def test_block_null_absorbs_item_level_confounding_that_a_token_null_does_not():
     for seed in range(4):
         feats, labels = _confounded(seed)
         n_shift += int((link_features(feats, labels, n_perm=30, progress=False).qvalue < 0.05).sum())
-        n_free += int((link_features(feats, labels, n_perm=30, null="permute", progress=False).qvalue < 0.05).sum())
+        n_free += int((link_features(feats, labels, n_perm=30, null_method="permute", progress=False).qvalue < 0.05).sum())
     assert n_shift == 0  # the feature fires on whole proteins: shifting labels inside a protein changes nothing
     assert n_free >= 8  # a token-level null calls the protein composition a link
 
@@ -171,3 +171,45 @@ def test_bad_inputs_name_the_problem():
         link_features(d.features, bad)
     with pytest.raises(ValueError, match="labels have 50 tokens, features 100"):
         link_features(d.features, d.labels.isel(token=slice(0, 50)))
+
+
+def _gridded(seed: int = 0, n_time: int = 24, n_lat: int = 8, n_lon: int = 16):
+    """Weather-like tokens: time x lat x lon, a static land mask, temperature falling with latitude."""
+    rng = np.random.default_rng(seed)
+    lat = np.linspace(-78.75, 78.75, n_lat)
+    lon = np.arange(n_lon) * 360 / n_lon
+    tt, la, lo = np.meshgrid(np.arange(n_time), lat, lon, indexing="ij")
+    land = ((np.sin(np.radians(lo) * 2) + 0.5 * np.cos(np.radians(la) * 3)) > 0.6).astype(np.float32)
+    temp = (30 * np.cos(np.radians(la)) + 3 * rng.standard_normal(la.shape)).astype(np.float32)
+    w = np.cos(np.radians(la))
+    w = w / w.mean()
+    n = tt.size
+    fire_land = (land.ravel() > 0) & (rng.random(n) < 0.8)
+    warm = np.clip(temp.ravel() / 30, 0, None) * (rng.random(n) < 0.7)
+    idx = np.stack([np.where(fire_land, 0, -1), np.where(warm > 0, 1, -1), rng.integers(2, 12, n)], 1)
+    vals = np.stack([np.where(fire_land, 1 + rng.random(n), 0), warm, rng.exponential(1.0, n)], 1)
+    coords = {"time": np.array([f"2020-01-{1 + t // 4:02d}T{6 * (t % 4):02d}" for t in tt.ravel()]),
+              "lead": np.zeros(n, int), "level": np.full(n, np.nan), "lat": la.ravel(), "lon": lo.ravel(),
+              "area_weight": w.ravel()}  # fmt: skip
+    feats = make_features(vals.astype(np.float32), idx.astype(np.int32), 12, coords)
+    labels = xr.Dataset({"land": ("token", land.ravel(), {"kind": "concept"}),
+                         "t2m": ("token", temp.ravel(), {"kind": "continuous", "units": "degC"})},
+                        attrs={"group": "time", "weight": "area_weight"})  # fmt: skip
+    return feats, labels
+
+
+def test_gridded_fields_use_area_weights_time_blocks_and_spatial_shifts():
+    feats, labels = _gridded()
+    lt = link_features(feats, labels, n_perm=30, split="contiguous", progress=False)
+    times = sorted(set(feats["time"].values))
+    assert lt.attrs["selection_items"] == times[:12] and lt.attrs["weight"] == "area_weight"
+    assert float(lt.qvalue.sel(feature=0, variable="land")) < 1e-4
+    assert float(lt.qvalue.sel(feature=1, variable="t2m")) < 1e-4
+    assert (lt.qvalue.sel(feature=slice(2, None)) >= 0.05).all()
+    held = ~np.isin(feats["time"].values, lt.attrs["selection_items"])
+    a = np.where(feats["indices"].values[held, 1] == 1, feats["values"].values[held, 1], 0)
+    cov = np.cov(a, labels["t2m"].values[held], aweights=feats["area_weight"].values[held])
+    assert float(lt.pearson.sel(feature=1, variable="t2m")) == pytest.approx(cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1]))
+    # swapping whole fields between time steps cannot test a static field: the land mask never moves
+    shuffled = link_features(feats, labels, n_perm=30, split="contiguous", null_method="shuffle", progress=False)
+    assert float(shuffled.pvalue.sel(feature=0, variable="land")) > 0.4  # the observed count is its own null mean
