@@ -33,11 +33,11 @@ class SAEConfig:
     k: int = 32
     """Active latents per row for ``topk``; mean active per row for ``batchtopk``.
     For ``relu``/``jumprelu`` the cap on the padded width of ``encode`` (0: no cap)."""
-    l1_coeff: float = 5.0
+    l1_coeff: float = 0.3
     """``relu``: weight of the decoder-norm-weighted L1 penalty (on normalised inputs)."""
-    l0_coeff: float = 0.5
+    l0_coeff: float = 0.03
     """``jumprelu``: weight of the L0 penalty (mean active latents per row / ``d_sae`` scale free)."""
-    jumprelu_init_threshold: float = 0.01
+    jumprelu_init_threshold: float = 0.5
     """``jumprelu``: initial threshold of every latent (normalised units)."""
     jumprelu_bandwidth: float = 0.05
     """``jumprelu``: width of the rectangle kernel of the straight-through estimator."""

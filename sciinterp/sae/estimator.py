@@ -33,8 +33,8 @@ class SAEEstimator(TransformerMixin, BaseEstimator):
         Width of ``X`` seen in ``fit``.
     """
 
-    def __init__(self, architecture: str = "topk", d_sae: int = 1024, k: int = 32, l1_coeff: float = 5.0,
-                 l0_coeff: float = 0.5, lr: float | None = None, normalize: str = "expected_norm",
+    def __init__(self, architecture: str = "topk", d_sae: int = 1024, k: int = 32, l1_coeff: float = 0.3,
+                 l0_coeff: float = 0.03, lr: float | None = None, normalize: str = "expected_norm",
                  batch_size: int = 1024, epochs: int = 5, max_rows: int | None = None, warmup_steps: int = 50,
                  seed: int = 0, device: str = "auto", sparse_output: bool = False):
         self.architecture, self.d_sae, self.k = architecture, d_sae, k
