@@ -212,3 +212,9 @@ def test_grib_needs_cfgrib(tmp_path, monkeypatch):
     (tmp_path / "a.grib").write_bytes(b"GRIB")
     with pytest.raises(ImportError, match=r"a.grib needs cfgrib: pip install cfgrib eccodes"):
         open_dataset(tmp_path / "a.grib")
+
+
+def test_dimension_without_coordinate_values_is_an_error():
+    ds = _raw().drop_vars("pressure_level")
+    with pytest.raises(CFError, match=r"dimension 'pressure_level' \(level\) has no coordinate values"):
+        prepare_dataset(ds, ["t"])

@@ -83,6 +83,9 @@ def _rename_coords(ds: xr.Dataset, fixes: list[str], need_level: bool) -> xr.Dat
             f"{list(_COORDS['level'][0])} or units hPa/Pa) but levels were requested; "
             f"coordinates present: {sorted(map(str, ds.coords))}"
         )
+    for role, src in found.items():
+        if src is not None and src not in ds.variables:
+            raise CFError(f"dimension '{src}' ({role}) has no coordinate values; assign them first")
     renames = {src: role for role, src in found.items() if src is not None and src != role}
     for src, dst in renames.items():
         if dst in ds.variables and dst not in renames:  # e.g. scalar `time` beside a `valid_time` dim
@@ -118,8 +121,9 @@ def _normalise_level(ds: xr.Dataset, fixes: list[str]) -> xr.Dataset:
     if "level" not in ds.coords:
         return ds
     lev = ds["level"]
-    if lev.ndim == 0:
+    if lev.ndim == 0:  # a single-level extract (e.g. 200 hPa winds): every variable is on that level
         ds = ds.expand_dims("level")
+        fixes.append(f"added length-1 'level' dimension from the scalar level {float(lev):g}")
         lev = ds["level"]
     raw = lev.attrs.get("units")
     unit = normalise_unit(raw)
@@ -396,6 +400,12 @@ def open_dataset(path: str | Path, **kwargs) -> xr.Dataset:
         raise FileNotFoundError(f"weather input not found: {p}")
     suffix = "".join(s for s in p.suffixes[-1:]).lower()
     if suffix == ".zarr" or (p.is_dir() and ((p / "zarr.json").exists() or (p / ".zgroup").exists())):
+        if "consolidated" not in kwargs:  # ask for consolidated metadata only when it is there
+            meta = p / "zarr.json"
+            kwargs["consolidated"] = (p / ".zmetadata").exists() or (
+                meta.exists() and '"consolidated_metadata"' in meta.read_text() and
+                '"consolidated_metadata": null' not in meta.read_text()
+            )
         return xr.open_zarr(p, **kwargs)
     if suffix in (".grib", ".grib2", ".grb", ".grb2"):
         try:
