@@ -184,8 +184,15 @@ def encode_store(
             for c, v in coords.items():
                 dt = str if v.dtype.kind in "USOT" else v.dtype
                 group.create_array(c, shape=(0,), chunks=(batch_size,), dtype=dt, dimension_names=["token"])
-        elif vals.shape[1] != k:
-            raise ValueError(f"sae.encode returned k={vals.shape[1]} but the feature store holds k={k}")
+        if vals.shape[1] > k:  # ReLU/JumpReLU codes: the active count varies; widen, old rows pad with -1
+            k = int(vals.shape[1])
+            for name in ("values", "indices"):
+                group[name].resize((group[name].shape[0], k))
+            group.attrs["k"] = k
+        elif vals.shape[1] < k:
+            pad = k - vals.shape[1]
+            vals = np.pad(vals, ((0, 0), (0, pad)))
+            idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
         for name, block in [("values", vals), ("indices", idx)] + [(c, v[i0:i1].values) for c, v in coords.items()]:
             arr = group[name]
             arr.resize((i1, *arr.shape[1:]))

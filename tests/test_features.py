@@ -148,3 +148,17 @@ def test_sorted_codes_sorts_by_feature_then_value_and_subsets_rows():
     np.testing.assert_array_equal(np.diff(sub.indptr), (dense[keep] > 0).sum(0))
     again = entries_to_codes(sc.rows, np.repeat(np.arange(20), np.diff(sc.indptr)), sc.values, 20, 40)
     np.testing.assert_array_equal(again.indptr, sc.indptr)
+
+
+def test_encode_store_with_a_real_relu_sae_of_varying_width(store, tmp_path):
+    from sciinterp.sae import SAEConfig, SparseAutoencoder
+
+    sae = SparseAutoencoder(SAEConfig(architecture="relu", d_sae=24, normalize="none"), 16,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+    feats = open_features(encode_store(store, sae, "hidden", tmp_path / "f.zarr", batch_size=7, progress=False))
+    x = torch.from_numpy(open_store(store)["hidden"].values)
+    with torch.no_grad():
+        dense = sae.encode_dense(x).numpy()
+    assert feats.sizes["k"] == int((dense > 0).sum(1).max())  # widened to the largest active count
+    np.testing.assert_allclose(_dense(feats), dense, rtol=1e-5, atol=1e-6)
+    assert feats.attrs["d_sae"] == 24
