@@ -76,6 +76,7 @@ def harvest_to_store(
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     chunk_rows: int = 8192,
     nonfinite: Literal["error", "drop"] = "error",
+    compression: Literal["zstd", "none"] = "zstd",
     attrs: Mapping[str, Any] | None = None,
     part: tuple[int, int] | None = None,
     progress: bool = True,
@@ -90,7 +91,7 @@ def harvest_to_store(
         Hook names, a subset of ``adapter.hook_names()``.
     path
         Store directory.  An existing store is resumed: its committed items are skipped.
-    dtype, chunk_rows, nonfinite
+    dtype, chunk_rows, nonfinite, compression
         See :class:`~sciinterp.store.StoreWriter`.
     attrs
         Extra provenance (e.g. ``{"config": resolved_config}``), added to the store's
@@ -131,7 +132,9 @@ def harvest_to_store(
         **{f"env_{k}": v for k, v in env.items()},
         **dict(attrs or {}),
     }
-    writer = StoreWriter(target, dtype=dtype, chunk_rows=chunk_rows, attrs=record, nonfinite=nonfinite)
+    writer = StoreWriter(
+        target, dtype=dtype, chunk_rows=chunk_rows, attrs=record, nonfinite=nonfinite, compression=compression
+    )
     skip = _Skip(writer.done_items, rank, world)
     bar = tqdm(desc=f"harvest {adapter.name}", unit="tok", initial=writer.n_rows, disable=not progress)
     completed = False

@@ -90,8 +90,35 @@ def test_dtypes_roundtrip(tmp_path, dtype, tol):
     assert on_disk == {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
     got = open_store(tmp_path / "s.zarr").h.values.astype(np.float32)
     np.testing.assert_allclose(got, x.numpy(), rtol=tol, atol=tol)
-    if dtype == "bfloat16":  # exactly torch's own bf16 rounding
+    if dtype == "bfloat16":  # exactly torch's own bf16 rounding, and bf16 tensors are stored bit for bit
         np.testing.assert_array_equal(got, x.to(torch.bfloat16).float().numpy())
+        with StoreWriter(tmp_path / "t.zarr", dtype=dtype) as w:
+            w.append(TokenBatch({"h": x.to(torch.bfloat16)}, {"i": np.arange(50)}, ["a"]))
+        np.testing.assert_array_equal(open_store(tmp_path / "t.zarr").h.values, got)
+
+
+def test_bf16_rounding_matches_torch_on_edge_values():
+    from sciinterp.store import _bf16_bits
+
+    edge = np.array([0.0, -0.0, 1.0, 1.00390625, 1.01171875, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan,
+                     1e-40, -1e-45, 65504.0, 2.0**-126], dtype=np.float32)  # fmt: skip
+    x = np.concatenate([edge, np.random.default_rng(0).standard_normal(10000).astype(np.float32) * 1e3])
+    want = torch.from_numpy(x).to(torch.bfloat16).view(torch.uint16).numpy()
+    got = _bf16_bits(x)
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(got[finite], want[finite])
+    assert np.isnan((got[np.isnan(x)].astype(np.uint32) << 16).view(np.float32)).all()
+
+
+def test_uncompressed_store_reads_the_same(tmp_path):
+    x = torch.randn(40, 8)
+    for comp in ("zstd", "none"):
+        with StoreWriter(tmp_path / f"{comp}.zarr", chunk_rows=16, compression=comp) as w:
+            w.append(TokenBatch({"h": x}, {"i": np.arange(40)}, ["a"]))
+        np.testing.assert_array_equal(open_store(tmp_path / f"{comp}.zarr").h.values, x.numpy())
+    assert not zarr.open_group(tmp_path / "none.zarr")["h"].compressors
+    with pytest.raises(ValueError, match="compression must be 'zstd' or 'none', got 'lz4'"):
+        StoreWriter(tmp_path / "x.zarr", compression="lz4")
 
 
 def test_no_zarr_warning_on_write_and_open(tmp_path):
@@ -143,8 +170,16 @@ def test_nonfinite_error_names_token_and_drop_counts(tmp_path):
     x[5, 0] = float("inf")
     b = TokenBatch({"h": x}, {"pos": np.arange(1, 7)}, ["p1"])
     w = StoreWriter(tmp_path / "e.zarr")
-    with pytest.raises(StoreError, match=r"non-finite activation at hook 'h', token \{'pos': 4\}.*nonfinite='drop'"):
+    with pytest.raises(StoreError, match=r"non-finite activation at hook 'h' \(stored as float32\), token \{'pos': 4\} "
+                       r"\(items \['p1'\]\); set nonfinite='drop'"):  # fmt: skip
         w.append(b)
+    big = TokenBatch({"h": torch.tensor([[1.0, 7e4]])}, {"pos": np.array([9])}, ["p2"])  # beyond float16's range
+    with pytest.raises(StoreError, match=r"at hook 'h' \(stored as float16\), token \{'pos': 9\}"):
+        StoreWriter(tmp_path / "f16.zarr", dtype="float16").append(big)
+    with StoreWriter(tmp_path / "bf.zarr", dtype="bfloat16", nonfinite="drop") as w:
+        w.append(b)
+        w.append(big)  # fine in bfloat16
+    assert open_store(tmp_path / "bf.zarr").attrs["n_dropped_nonfinite"] == 2
     with StoreWriter(tmp_path / "d.zarr", nonfinite="drop", chunk_rows=2) as w:
         w.append(b)
     ds = open_store(tmp_path / "d.zarr")
