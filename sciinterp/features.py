@@ -320,7 +320,7 @@ def feature_summary(
     *,
     top_n: int = 20,
     quantiles: tuple[float, ...] = (0.5, 0.9, 0.99),
-    feature_block: int = 16384,
+    feature_block: int = 4096,
 ) -> xr.Dataset:
     """Per-feature statistics and top-activating examples.
 
