@@ -77,6 +77,9 @@ def test_finite_difference_fallback_on_other_grids():
     assert err[np.abs(lat) < 80].max() < 1e-3 * np.abs(expect).max()
     with pytest.raises(ValueError, match="spectral derivatives need equally spaced longitudes"):
         SphereOps(lat, lon, method="spectral")
+    # a spectral grid whose transforms exceed the memory budget also falls back
+    glat, glon = _grid("legendre-gauss")
+    assert SphereOps(glat, glon, max_spectral_bytes=1e5).method == "fd"
 
 
 def _fields(lat, lon, **vars3d):

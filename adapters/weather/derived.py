@@ -33,6 +33,7 @@ __all__ = [
     "OMEGA",
     "SphereOps",
     "derive_fields",
+    "spectral_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,14 @@ def _grid_of(lat: np.ndarray, nlon: int) -> str | None:
     return None
 
 
+def spectral_bytes(nlat: int, nlon: int) -> int:
+    """Approximate memory (bytes) of the float64 Legendre tables for one grid's four transforms."""
+    lmax = mmax = min(nlat, nlon // 2 + 1)
+    return 6 * nlat * lmax * mmax * 8
+
+
 @lru_cache(maxsize=8)
-def _transforms(nlat: int, nlon: int, grid: str):
+def _transforms(nlat: int, nlon: int, grid: str, device: str):
     import torch_harmonics as th
 
     with warnings.catch_warnings():  # default-truncation notice of torch-harmonics >= 0.9
@@ -85,7 +92,7 @@ def _transforms(nlat: int, nlon: int, grid: str):
             th.RealVectorSHT(nlat, nlon, grid=grid, csphase=False).double(),
             th.InverseRealVectorSHT(nlat, nlon, grid=grid, csphase=False).double(),
         )
-    return mods
+    return tuple(m.to(device) for m in mods)
 
 
 class SphereOps:
@@ -100,11 +107,26 @@ class SphereOps:
     radius
         Sphere radius (m).
     method
-        ``"auto"`` (spectral when the grid allows, else finite differences),
-        ``"spectral"`` (error if the grid does not allow) or ``"fd"``.
+        ``"auto"`` (spectral when the grid allows and its transforms fit in
+        ``max_spectral_bytes``, else finite differences), ``"spectral"``
+        (error if the grid does not allow) or ``"fd"``.
+    device
+        Torch device for the transforms (``"cuda"`` for large grids).
+    max_spectral_bytes
+        Memory budget of the Legendre tables for ``method="auto"``
+        (a 0.25° grid needs ~18 GB; see `spectral_bytes`).
     """
 
-    def __init__(self, lat: np.ndarray, lon: np.ndarray, radius: float = EARTH_RADIUS, method: str = "auto"):
+    def __init__(
+        self,
+        lat: np.ndarray,
+        lon: np.ndarray,
+        radius: float = EARTH_RADIUS,
+        method: str = "auto",
+        device: str = "cpu",
+        max_spectral_bytes: float = 2 * 2**30,
+    ):
+        self.device = str(device)
         self.lat = np.asarray(lat, dtype="float64")
         self.lon = np.asarray(lon, dtype="float64")
         self.radius = float(radius)
@@ -122,31 +144,37 @@ class SphereOps:
         self.method = "fd" if method == "fd" or self.grid is None else "spectral"
         if self.method == "fd" and method == "auto":
             log.info("grid %dx%d is not a torch-harmonics grid; using finite differences", nlat, nlon)
+        if self.method == "spectral" and method == "auto" and spectral_bytes(nlat, nlon) > max_spectral_bytes:
+            log.warning(
+                "spectral transforms for %dx%d need ~%.1f GB (> max_spectral_bytes); using finite differences",
+                nlat, nlon, spectral_bytes(nlat, nlon) / 1e9,
+            )
+            self.method = "fd"
 
     # -- spectral ---------------------------------------------------------------------------
     def _tensor(self, a: np.ndarray):
         import torch
 
-        return torch.as_tensor(np.ascontiguousarray(a, dtype="float64"))
+        return torch.as_tensor(np.ascontiguousarray(a, dtype="float64"), device=self.device)
 
     def _spectral_vrtdiv(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        _, isht, vsht, _ = _transforms(self.lat.size, self.lon.size, self.grid)
-        lvals = torch.arange(vsht.lmax, dtype=torch.float64)[:, None]
+        _, isht, vsht, _ = _transforms(self.lat.size, self.lon.size, self.grid, self.device)
+        lvals = torch.arange(vsht.lmax, dtype=torch.float64, device=self.device)[:, None]
         lap_a = -lvals * (lvals + 1) / self.radius  # a * laplacian eigenvalue
         with torch.no_grad():
             coeffs = vsht(torch.stack([self._tensor(u), self._tensor(v)], dim=-3))
-            out = isht(lap_a * coeffs).numpy()
+            out = isht(lap_a * coeffs).cpu().numpy()
         return out[..., 0, :, :], out[..., 1, :, :]
 
     def _spectral_grad(self, s: np.ndarray) -> VectorField:
         import torch
 
-        sht, _, _, ivsht = _transforms(self.lat.size, self.lon.size, self.grid)
+        sht, _, _, ivsht = _transforms(self.lat.size, self.lon.size, self.grid, self.device)
         with torch.no_grad():
             spec = sht(self._tensor(s))
-            g = ivsht(torch.stack([torch.zeros_like(spec), spec], dim=-3)).numpy() / self.radius
+            g = ivsht(torch.stack([torch.zeros_like(spec), spec], dim=-3)).cpu().numpy() / self.radius
         return VectorField(g[..., 0, :, :], g[..., 1, :, :])
 
     # -- finite differences -----------------------------------------------------------------
@@ -201,6 +229,7 @@ def derive_fields(
     min_abs_lat_geostrophic: float = 10.0,
     radius: float = EARTH_RADIUS,
     method: str = "auto",
+    device: str = "cpu",
 ) -> xr.Dataset:
     """Compute derived fields on the grid of a `prepare_dataset` output.
 
@@ -218,7 +247,7 @@ def derive_fields(
     min_abs_lat_geostrophic
         Geostrophic wind is NaN equatorward of this latitude (degrees), where
         the Coriolis parameter vanishes.
-    radius, method
+    radius, method, device
         See `SphereOps`.
 
     Returns
@@ -232,7 +261,7 @@ def derive_fields(
     unknown = sorted(set(names) - set(DERIVED))
     if unknown:
         raise ValueError(f"unknown derived variable(s) {unknown}; choose from {list(DERIVED)}")
-    ops = SphereOps(fields["lat"].values, fields["lon"].values, radius=radius, method=method)
+    ops = SphereOps(fields["lat"].values, fields["lon"].values, radius=radius, method=method, device=device)
     out: dict[str, xr.DataArray] = {}
     has_wind = "u" in fields and "v" in fields
     if "wind_speed" in names and _need(fields, ("u", "v"), "wind_speed"):
