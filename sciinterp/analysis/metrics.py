@@ -138,23 +138,32 @@ def auroc_from_table(t: ConceptTable) -> np.ndarray:
         return (pos * (below + 0.5 * neg)).sum(1) / (t.pos * (t.known - t.pos))[None, :]
 
 
+def _xlogx(x: np.ndarray) -> np.ndarray:
+    from scipy.special import xlogy
+
+    return xlogy(x, x)
+
+
 def _mi(joint: np.ndarray) -> np.ndarray:
-    """Plug-in mutual information (nats) of joint counts ``(..., A, B)``."""
-    joint = joint.astype(np.float32)
-    tot = joint.sum((-2, -1), keepdims=True)
+    """Plug-in mutual information (nats) of joint counts ``(..., A, B)``:
+    ``(sum n log n - sum_a n_a log n_a - sum_b n_b log n_b + N log N) / N``."""
+    joint = joint.astype(np.float64)
+    n = joint.sum((-2, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        p = joint / tot
-        pa = p.sum(-1, keepdims=True)
-        pb = p.sum(-2, keepdims=True)
-        terms = p * np.log(np.where(p > 0, p / (pa * pb), 1))
-    return terms.sum((-2, -1), dtype=np.float64)
+        mi = (_xlogx(joint).sum((-2, -1)) - _xlogx(joint.sum(-1)).sum(-1) - _xlogx(joint.sum(-2)).sum(-1)
+              + _xlogx(n)) / n  # fmt: skip
+    return np.maximum(mi, 0.0)
 
 
 def mi_concept(t: ConceptTable) -> np.ndarray:
     """Mutual information (nats) ``(F, C)`` between the binned activation and the concept."""
-    pos, neg = _full_bins(t)
-    joint = np.stack([pos, neg], -1)  # (F, Q+1, C, 2)
-    return _mi(np.moveaxis(joint, 2, 1))  # (F, C, Q+1, 2) -> (F, C)
+    pos, neg = _full_bins(t)  # (F, Q+1, C)
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    n = n_pos + n_neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mi = (_xlogx(pos).sum(1) + _xlogx(neg).sum(1) - _xlogx(pos + neg).sum(1) - _xlogx(n_pos) - _xlogx(n_neg)
+              + _xlogx(n)) / n  # fmt: skip
+    return np.maximum(mi, 0.0)
 
 
 def log_odds(tp: np.ndarray, pred: np.ndarray, pos: np.ndarray, known: np.ndarray) -> np.ndarray:
