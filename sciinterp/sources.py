@@ -17,6 +17,9 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import zarr
+
+from sciinterp.store_format import DTYPE_ATTR, StoreError, decode_rows, read_commit, store_parts
 
 __all__ = ["ArraySource", "RowSource", "StoreSource", "as_source"]
 
@@ -132,10 +135,6 @@ class StoreSource:
         buffer_rows: int | None = None,
         prefetch: int = 4,
     ) -> None:
-        import zarr
-
-        from sciinterp.store import DTYPE_ATTR, StoreError, read_commit, store_parts
-
         self.path = Path(path)
         parts = store_parts(self.path)
         self._arrays: list = []
@@ -189,8 +188,6 @@ class StoreSource:
         return f"StoreSource({str(self.path)!r}, hook={self.hook!r}, n_rows={self.n_rows}, d_in={self.d_in})"
 
     def _read(self, chunk: _Chunk) -> np.ndarray:
-        from sciinterp.store import decode_rows
-
         return decode_rows(self._arrays[chunk.part][chunk.start : chunk.stop], self.dtype)
 
     def _read_all(self, chunks: Sequence[_Chunk]) -> Iterator[np.ndarray]:

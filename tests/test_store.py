@@ -98,7 +98,7 @@ def test_dtypes_roundtrip(tmp_path, dtype, tol):
 
 
 def test_bf16_rounding_matches_torch_on_edge_values():
-    from sciinterp.store import _bf16_bits
+    from sciinterp.store_format import _bf16_bits
 
     edge = np.array([0.0, -0.0, 1.0, 1.00390625, 1.01171875, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan,
                      1e-40, -1e-45, 65504.0, 2.0**-126], dtype=np.float32)  # fmt: skip
