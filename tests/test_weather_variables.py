@@ -335,3 +335,18 @@ def test_labels_from_a_real_store_with_era5(tmp_path):
     assert labels["season_DJF"].values.min() == 1.0
     assert labels["jet"].values[:n].mean() > 0.1  # January: the subtropical jets
     assert labels.attrs == {**labels.attrs, "group": "time", "weight": "area_weight"}
+
+
+def test_raw_fields_are_normalised_before_labelling():
+    lat, lon = _grid("legendre-gauss")
+    rng = np.random.default_rng(3)
+    u = rng.normal(0, 10, (2, 3, lat.size, lon.size))
+    ds = _fields(lat, lon, u=u, v=u[::-1].copy(), t=rng.normal(250, 10, u.shape))
+    raw = ds.isel(lat=slice(None, None, -1)).rename(lat="latitude", lon="longitude")
+    raw = raw.assign_coords(longitude=((raw.longitude + 180) % 360) - 180).sortby("longitude")
+    tokens, _, _ = _tokens(ds, n=300, with_levels=True)
+    ref = physical_labels(tokens, ds, static=False, calendar=False)
+    got = physical_labels(tokens, raw, static=False, calendar=False)
+    assert list(got.data_vars) == list(ref.data_vars)
+    for v in ref.data_vars:
+        np.testing.assert_allclose(got[v].values, ref[v].values, rtol=1e-5, atol=1e-9, err_msg=v)

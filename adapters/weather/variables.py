@@ -207,9 +207,25 @@ def _assemble(labels: Mapping[str, Label], tokens: xr.Dataset, attrs: Mapping[st
     return ds
 
 
+def _as_fields(fields: xr.Dataset | str | Path) -> xr.Dataset:
+    """Open a path and CF-normalise fields that did not come from `prepare_dataset`."""
+    from .cf import open_dataset, prepare_dataset
+
+    if isinstance(fields, (str, Path)):
+        fields = open_dataset(fields)
+    if not isinstance(fields, xr.Dataset):
+        raise TypeError(f"fields must be an xarray.Dataset or a path, got {type(fields).__name__}")
+    if "cf_normalisation" in fields.attrs:
+        return fields
+    gridded = [str(v) for v, da in fields.data_vars.items() if da.ndim >= 2]
+    if not gridded:
+        raise ValueError(f"fields hold no gridded variables (variables: {sorted(map(str, fields.data_vars))})")
+    return prepare_dataset(fields, gridded, nonfinite="mask")
+
+
 def physical_labels(
     tokens: xr.Dataset,
-    fields: xr.Dataset | None,
+    fields: xr.Dataset | str | Path | None,
     *,
     derived: Sequence[str] = DERIVED,
     levels: Sequence[float] | None = None,
@@ -227,8 +243,10 @@ def physical_labels(
     tokens
         The store's tokens (``open_store`` output; only coords are read).
     fields
-        CF-normalised gridded fields (`prepare_dataset` output) covering the
-        tokens' valid times, or ``None`` for static/calendar/event labels only.
+        Gridded fields covering the tokens' valid times: a `prepare_dataset`
+        output, or any CF dataset / file path (then normalised here with all
+        its gridded variables, NaN kept); ``None`` for static/calendar/event
+        labels only.
     derived
         Names from `derive_fields` to compute on the fields' grid (skipped
         when their inputs are missing).
@@ -269,6 +287,7 @@ def physical_labels(
             labels[k] = v
 
     if fields is not None:
+        fields = _as_fields(fields)
         base = fields
         if derived:
             extra = derive_fields(fields, list(derived), **dict(derive_kwargs or {}))
