@@ -146,7 +146,7 @@ def test_wrong_files_give_clear_errors(tmp_path):
         load_esm2(tmp_path / "x.pt", model="demo")
 
 
-def test_names_resolve_in_search_dirs_torch_hub_and_hf_caches(tiny_pt, tmp_path, monkeypatch):
+def test_names_resolve_in_search_dirs_torch_hub_and_hf_caches(tiny_pt, tmp_path, monkeypatch, caplog):
     path, _ = tiny_pt
     name = "esm2_t6_8M_UR50D"
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -163,7 +163,10 @@ def test_names_resolve_in_search_dirs_torch_hub_and_hf_caches(tiny_pt, tmp_path,
     (snap.parents[1] / "refs").mkdir()
     (snap.parents[1] / "refs" / "main").write_text("abc123")
     assert resolve_checkpoint("esm2_t6_8M") == snap  # a unique prefix of the full name works
-    assert load_esm2(model=name).model_id == name
+    with caplog.at_level(logging.WARNING):
+        assert load_esm2(model=name).model_id == name
+    # the tiny file under a real name is loaded but flagged
+    assert "(layers, dim, heads)=(2, 32, 4), expected (6, 320, 20)" in caplog.text
     assert ESM2Adapter(model=name).provenance()["model_layout"] == "hf"
     # torch hub cache wins over the HF cache, a search dir over both
     hub = tmp_path / "torch" / "hub" / "checkpoints"

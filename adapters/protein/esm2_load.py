@@ -324,6 +324,14 @@ def _torch_hub_dir() -> Path:
     return Path(torch_home) / "hub" / "checkpoints"
 
 
+def resolve_name(name: str) -> str:
+    """Full released name of ``name`` or a unique prefix of it (``"esm2_t33_650M"``)."""
+    full = [k for k in ESM2_MODELS if k == name or k.startswith(name + "_")]
+    if len(full) != 1:
+        raise ValueError(f"unknown ESM-2 model name {name!r}; known: demo, {', '.join(ESM2_MODELS)}")
+    return full[0]
+
+
 def resolve_checkpoint(name: str, search_dirs: list[str | os.PathLike] = ()) -> Path:
     """Find the local weights of a model name (``"demo"``, ``"esm2_t33_650M_UR50D"``, ``"esm2_t33_650M"``).
 
@@ -333,10 +341,7 @@ def resolve_checkpoint(name: str, search_dirs: list[str | os.PathLike] = ()) -> 
     """
     if name == "demo":
         return package_path(DEMO)
-    full = [k for k in ESM2_MODELS if k == name or k.startswith(name + "_")]
-    if len(full) != 1:
-        raise ValueError(f"unknown ESM-2 model name {name!r}; known: demo, {', '.join(ESM2_MODELS)}")
-    name = full[0]
+    name = resolve_name(name)
     tried: list[Path] = []
     for d in [Path(p) for p in search_dirs] + [_torch_hub_dir()]:
         for cand in (d / f"{name}.pt", d / name):
@@ -386,6 +391,10 @@ def load_esm2(
         net, layout = _load_fair_esm(path, trust_checkpoint), "fair-esm"
     else:
         raise FileNotFoundError(f"ESM-2 checkpoint {path} does not exist")
+    expected = ESM2_MODELS.get(resolve_name(model) if model and model != "demo" else "")
+    found = (net.num_layers, net.embed_dim, net.attention_heads)
+    if expected and expected != found:
+        log.warning("%s: weights found for %r have (layers, dim, heads)=%s, expected %s", path, model, found, expected)
     model_id = path.name if path.is_dir() else path.stem
     if layout == "hf" and path.parent.name == "snapshots":  # HF cache: models--facebook--<name>/snapshots/<rev>
         model_id = path.parent.parent.name.split("--")[-1]
