@@ -193,9 +193,17 @@ def test_normalise_unit_spellings():
 
 def test_open_dataset_netcdf_and_zarr(tmp_path):
     ds = _raw()
-    ds.to_netcdf(tmp_path / "a.nc", engine="scipy")
+    ds.to_netcdf(tmp_path / "a.nc", engine="scipy")  # netCDF-3
     ds.to_zarr(tmp_path / "a.zarr", consolidated=False)
-    for p in ("a.nc", "a.zarr"):
+    names = ["a.nc", "a.zarr"]
+    try:
+        import h5py  # noqa: F401
+
+        ds.to_netcdf(tmp_path / "b.nc", engine="h5netcdf")  # netCDF-4 / HDF5
+        names.append("b.nc")
+    except ImportError:
+        pass
+    for p in names:
         out = prepare_dataset(open_dataset(tmp_path / p), ["t"], levels=[500])
         assert out["t"].shape == (2, 1, 9, 12)
     with pytest.raises(FileNotFoundError, match="weather input not found"):
