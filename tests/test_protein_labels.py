@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
 
 from sciinterp_adapters.protein.labels import (
     AA_CLASSES,
@@ -16,17 +15,8 @@ from sciinterp_adapters.protein.labels import (
     protein_table_labels,
     sequence_labels,
     token_table,
+    tokens_from_sequences as make_tokens,
 )
-
-
-def make_tokens(seqs: dict[str, str]) -> xr.Dataset:
-    prot, pos, res = [], [], []
-    for pid, s in seqs.items():
-        prot += [pid] * len(s)
-        pos += range(1, len(s) + 1)
-        res += list(s)
-    return xr.Dataset(coords={"protein": ("token", np.array(prot)), "position": ("token", np.array(pos)),
-                              "residue": ("token", np.array(res))})
 
 
 def test_sequence_labels_values_and_contract():

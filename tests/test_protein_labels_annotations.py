@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import xarray as xr
 
 from sciinterp_adapters.protein.annotations import annotation_labels, hmm_domain_labels, read_annotations
 from sciinterp_adapters.protein.demo import PROTEOME, SWISSPROT
 from sciinterp_adapters.protein.labels import LabelError
+from sciinterp_adapters.protein.labels import tokens_from_sequences as make_tokens
 
 SEQ = "MACDEFGHIKLCNPQRSTVW"
 SWISS = f"""ID   TEST_HUMAN              Reviewed;          20 AA.
@@ -49,16 +49,6 @@ P99999\tUniProtKB\tModified residue\t7\t7\t.\t.\t.\tNote=Phosphoserine
 P99999\tUniProtKB\tRegion\t1\t20\t.\t.\t.\t.
 """
 PYHMMER_DATA = Path(__import__("pyhmmer").__file__).parent / "tests" / "data"
-
-
-def make_tokens(seqs: dict[str, str]) -> xr.Dataset:
-    prot, pos, res = [], [], []
-    for pid, s in seqs.items():
-        prot += [pid] * len(s)
-        pos += range(1, len(s) + 1)
-        res += list(s)
-    return xr.Dataset(coords={"protein": ("token", np.array(prot)), "position": ("token", np.array(pos)),
-                              "residue": ("token", np.array(res))})
 
 
 @pytest.fixture

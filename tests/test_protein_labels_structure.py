@@ -14,7 +14,7 @@ pytest.importorskip("mdtraj")
 pytest.importorskip("Bio")
 
 from sciinterp_adapters.protein.demo import TEST_PDB_DIR  # noqa: E402
-from sciinterp_adapters.protein.labels import LabelError  # noqa: E402
+from sciinterp_adapters.protein.labels import LabelError, tokens_from_sequences  # noqa: E402
 from sciinterp_adapters.protein.structure import (  # noqa: E402
     SS3_OF_SS8,
     StructureError,
@@ -54,13 +54,7 @@ def full():
 
 
 def tokens_of(records) -> xr.Dataset:
-    prot, pos, res = [], [], []
-    for r in records:
-        prot += [r.id] * len(r.sequence)
-        pos += range(1, len(r.sequence) + 1)
-        res += list(r.sequence)
-    return xr.Dataset(coords={"protein": ("token", np.array(prot)), "position": ("token", np.array(pos)),
-                              "residue": ("token", np.array(res))})
+    return tokens_from_sequences({r.id: r.sequence for r in records})
 
 
 def test_dssp_matches_mkdssp_on_shipped_reference_chains():

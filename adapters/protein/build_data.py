@@ -41,12 +41,12 @@ DEBS = ["theseus-examples", "emboss-test", "mustang-testdata", "pymol-data"]
 STRUCT_SUFFIX = re.compile(r"\.(pdb|ent|cif|mmcif)(\.gz)?$", re.I)
 # (source label, glob root relative to --work, licence) in priority order for deduplication
 SOURCES = [
-    ("mdanalysistests", "mdanalysistests-*/MDAnalysisTests/data", "LGPL-2.1+ (GPL-2+ overall)"),
+    ("mdanalysistests", "mdanalysistests-*/MDAnalysisTests/data", "LGPL-3.0-or-later"),
     ("biopython", "biopython-*/Tests", "Biopython License / BSD-3-Clause"),
-    ("theseus", "theseus-examples*/usr/share/doc/theseus/examples", "GPL-3 (Debian theseus-examples)"),
-    ("emboss", "emboss-test*/usr/share/EMBOSS/test", "GPL-2+ (Debian emboss-test)"),
-    ("mustang", "mustang-testdata*/usr/share/doc/mustang-testdata", "BSD-3-Clause (Debian mustang-testdata)"),
-    ("pymol", "pymol-data*/usr/share/pymol", "PyMOL open-source licence (BSD-like, Debian pymol-data)"),
+    ("theseus", "theseus-examples*/usr/share/doc/theseus/examples", "public domain (Debian copyright: examples/*)"),
+    ("emboss", "emboss-test*/usr/share/EMBOSS/test", "EMBOSS licence (GPL-2+ / LGPL-2+)"),
+    ("mustang", "mustang-testdata*/usr/share/doc/mustang-testdata", "public domain (Debian copyright: data/test/pdbs/*)"),
+    ("pymol", "pymol-data*/usr/share/pymol", "PyMOL open-source licence (permissive, BSD-like)"),
 ]
 SWISS_FILES = ["emboss-test*/usr/share/EMBOSS/test/swiss/seq.dat", "emboss-test*/usr/share/EMBOSS/test/swnew/trembl.dat",
                "biopython-*/Tests/SwissProt/*", "biopython-*/Tests/Registry/*.dat"]
@@ -104,6 +104,30 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
+def _label_file(f: Path, cache: Path) -> tuple[list, str]:
+    """Structure records of one file, or the reason it was skipped; cached so a rerun resumes."""
+    from sciinterp_adapters.protein.demo import record_from_json, record_to_json
+
+    if cache.is_file():
+        obj = json.loads(cache.read_text())
+        return [record_from_json(r) for r in obj["records"]], obj["error"]
+    recs, error = [], ""
+    try:
+        try:
+            recs = structure_records(f)
+        except StructureError as err:
+            if "do not align" not in str(err):
+                raise
+            recs = structure_records(f, sequence_from="observed")
+    except StructureError as err:
+        error = str(err)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(json.dumps({"error": error, "records": [record_to_json(r) for r in recs]}))
+    tmp.replace(cache)
+    return recs, error
+
+
 def build_structures(work: Path, min_residues: int, max_atoms_mb: float) -> dict:
     """Label every structure file of every source, deduplicate by sequence, write the records."""
     x = work / "x"
@@ -118,16 +142,10 @@ def build_structures(work: Path, min_residues: int, max_atoms_mb: float) -> dict
         if f.stat().st_size > max_atoms_mb * 1e6:
             log.info("skip %s (%.1f MB)", f, f.stat().st_size / 1e6)
             continue
-        try:
-            try:
-                recs = structure_records(f)
-            except StructureError as err:
-                if "do not align" not in str(err):
-                    raise
-                recs = structure_records(f, sequence_from="observed")
-        except StructureError as err:
+        recs, error = _label_file(f, work / "cache" / (_safe(str(f.relative_to(x))) + ".json"))
+        if error:
             stats["files_failed"] += 1
-            log.info("skip %s: %s", f, err)
+            log.info("skip %s: %s", f, error)
             continue
         for rec in recs:
             stats["chains_seen"] += 1
@@ -142,13 +160,59 @@ def build_structures(work: Path, min_residues: int, max_atoms_mb: float) -> dict
             key = (n_obs, -priority[source])
             if rec.sequence not in best or key > best[rec.sequence][:2]:
                 best[rec.sequence] = (*key, rec)
-    records = sorted((v[2] for v in best.values()), key=lambda r: (priority[r.meta["source"]], r.id))
-    ids = [r.id for r in records]
-    assert len(ids) == len(set(ids)), "duplicate chain ids"
+    records, taken = [], set()
+    for rec in sorted((v[2] for v in best.values()), key=lambda r: (priority[r.meta["source"]], r.id, r.meta["file"])):
+        rid, k = rec.id, 1
+        while rid in taken:  # same file stem and chain in two folders or formats
+            k += 1
+            rid = f"{rec.id}_{k}"
+        taken.add(rid)
+        records.append(dataclasses.replace(rec, id=rid))
+    clusters = cluster_sequences({r.id: r.sequence for r in records})
+    records = [dataclasses.replace(r, meta={**r.meta, "cluster30": clusters[r.id]}) for r in records]
     write_records(STRUCTURES, records)
     per_source = {s: sum(r.meta["source"] == s for r in records) for s, _, _ in SOURCES}
     return {**stats, "chains": len(records), "residues": sum(len(r.sequence) for r in records),
-            "observed_residues": sum(r.meta["n_observed"] for r in records), "per_source": per_source}
+            "observed_residues": sum(r.meta["n_observed"] for r in records), "per_source": per_source,
+            "clusters30": len(set(clusters.values()))}
+
+
+def cluster_sequences(seqs: dict[str, str], *, min_identity: float = 0.3, min_coverage: float = 0.5,
+                      evalue: float = 1e-3) -> dict[str, int]:
+    """Single-linkage clusters: pairs linked by a phmmer hit (E <= ``evalue``) whose domain
+    alignment has >= ``min_identity`` identical columns and covers >= ``min_coverage`` of the
+    shorter sequence.  Returns a cluster number per id (0, 1, ... in order of ``seqs``)."""
+    import pyhmmer
+
+    ids = list(seqs)
+    alphabet = pyhmmer.easel.Alphabet.amino()
+    digital = [pyhmmer.easel.TextSequence(name=str(i).encode(), sequence=seqs[n]).digitize(alphabet)
+               for i, n in enumerate(ids)]
+    parent = list(range(len(ids)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    block = pyhmmer.easel.DigitalSequenceBlock(alphabet, digital)
+    for hits in tqdm(pyhmmer.hmmer.phmmer(digital, block, cpus=1, E=evalue), total=len(ids), desc="clusters"):
+        q = int(hits.query.name.decode() if isinstance(hits.query.name, bytes) else hits.query.name)
+        for hit in hits:
+            t = int(hit.name.decode() if isinstance(hit.name, bytes) else hit.name)
+            if t == q or hit.evalue > evalue:
+                continue
+            for dom in hit.domains:
+                aln = dom.alignment
+                match = aln.identity_sequence
+                ident = sum(c.isalpha() for c in match) / max(len(match), 1)
+                cover = (aln.target_to - aln.target_from + 1) / min(len(seqs[ids[q]]), len(seqs[ids[t]]))
+                if ident >= min_identity and cover >= min_coverage:
+                    parent[root(q)] = root(t)
+                    break
+    numbers: dict[int, int] = {}
+    return {n: numbers.setdefault(root(i), len(numbers)) for i, n in enumerate(ids)}
 
 
 def build_swissprot(work: Path) -> dict:
@@ -226,10 +290,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--min-residues", type=int, default=20, help="drop chains with fewer observed residues")
     p.add_argument("--max-file-mb", type=float, default=15.0, help="skip larger structure files")
     p.add_argument("--mkdssp", help="path of an mkdssp binary to check DSSP agreement")
+    p.add_argument("--fresh", action="store_true", help="ignore the per-file cache in --work/cache")
     p.add_argument("--only", nargs="*", default=["proteome", "structures", "swissprot", "pdb"])
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     DATA_DIR.mkdir(exist_ok=True)
+    if args.fresh:
+        shutil.rmtree(args.work / "cache", ignore_errors=True)
     summary = {}
     if "proteome" in args.only:
         summary["proteome"] = build_proteome()

@@ -36,6 +36,7 @@ __all__ = [
     "protein_table_labels",
     "sequence_labels",
     "token_table",
+    "tokens_from_sequences",
 ]
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -163,6 +164,18 @@ def token_table(tokens: xr.Dataset | Mapping[str, Iterable]) -> TokenTable:
         raise LabelError(f"token {i} of protein {cols['protein'][i]!r} has position {position[i]}; positions are 1-based")
     residue = np.char.upper(cols["residue"].astype(str))
     return TokenTable(cols["protein"].astype(str), position, residue)
+
+
+def tokens_from_sequences(sequences: Mapping[str, str]) -> xr.Dataset:
+    """Token coordinates (``protein``, ``position``, ``residue`` along ``token``) of whole
+    sequences, in the order a store of those proteins holds them; for labelling without a store."""
+    ids = list(sequences)
+    lengths = np.array([len(sequences[i]) for i in ids], np.int64)
+    protein = np.repeat(np.array(ids, dtype=str), lengths)
+    position = np.concatenate([np.arange(1, n + 1) for n in lengths]) if len(ids) else np.zeros(0, np.int64)
+    residue = np.array(list("".join(sequences[i] for i in ids)), dtype="<U1")
+    return xr.Dataset(coords={"protein": ("token", protein), "position": ("token", position),
+                              "residue": ("token", residue)})
 
 
 def protein_rows(protein: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
