@@ -105,10 +105,16 @@ def save_sfno(path: str | os.PathLike, model: torch.nn.Module, meta: SFNOMeta) -
     return weights
 
 
-def load_state_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, describe: str = "") -> None:
-    """``model.load_state_dict(state)``, failing with an error naming ``source`` and the first mismatch."""
+def load_state_checked(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, describe: str = "", optional: tuple[str, ...] = ()
+) -> None:
+    """``model.load_state_dict(state)``, failing with an error naming ``source`` and the first mismatch.
+
+    Entries of the model whose names start with one of ``optional`` (deterministic buffers
+    such as spherical-harmonic transform tables) may be absent from ``state``.
+    """
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not k.startswith(optional)]
     unexpected = [k for k in state if k not in own]
     ctx = f" (model built with {describe})" if describe else ""
     if missing or unexpected:
@@ -118,12 +124,12 @@ def load_state_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
             f"unexpected parameters {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
         )
     for k, v in own.items():
-        if tuple(state[k].shape) != tuple(v.shape):
+        if k in state and tuple(state[k].shape) != tuple(v.shape):
             raise ValueError(
                 f"checkpoint {source}: parameter {k!r} has shape {tuple(state[k].shape)} in the file "
                 f"but {tuple(v.shape)} in the model{ctx}; the checkpoint is for another width/architecture"
             )
-    model.load_state_dict(dict(state), strict=True)
+    model.load_state_dict(dict(state), strict=not optional)
 
 
 def build_sfno(kwargs: Mapping[str, Any]) -> torch.nn.Module:
@@ -240,8 +246,7 @@ class SFNOAdapter:
             self._norm["tendency_std"] = self.meta.vector("tendency_std").to(self.device)
         self._coord_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
 
-    @staticmethod
-    def _load(checkpoint):
+    def _load(self, checkpoint) -> tuple[torch.nn.Module, SFNOMeta]:
         return load_sfno(checkpoint)
 
     # -- protocol ------------------------------------------------------------
@@ -276,9 +281,9 @@ class SFNOAdapter:
     def _grid_name(self, shape: tuple[int, int]) -> str:
         m = self.model
         if tuple(shape) == tuple(m.img_size):
-            return m.grid
+            return getattr(m, "grid", None) or m.trans_down.grid
         if tuple(shape) == (m.h, m.w):
-            return m.grid_internal
+            return getattr(m, "grid_internal", None) or m.trans.grid
         raise ValueError(f"hooked output grid {shape} is neither the input grid {m.img_size} nor the internal {(m.h, m.w)}")
 
     def _coords(self, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -294,7 +299,9 @@ class SFNOAdapter:
         ds = open_dataset(data) if isinstance(data, (str, os.PathLike)) else data
         if not isinstance(ds, xr.Dataset):
             raise TypeError(f"SFNO input must be an xarray.Dataset or a file path, got {type(ds).__name__}")
-        ds = prepare_dataset(ds, self.meta.variables)
+        return self._check_grid(prepare_dataset(ds, self.meta.variables))
+
+    def _check_grid(self, ds: xr.Dataset) -> xr.Dataset:
         if "time" not in ds.dims:
             raise ValueError(f"input needs a 'time' dimension of initial times; it has dims {dict(ds.sizes)}")
         shape = (ds.sizes["lat"], ds.sizes["lon"])
@@ -304,7 +311,7 @@ class SFNOAdapter:
         err = np.abs(ds["lat"].values - want).max()
         if err > 0.01:
             raise ValueError(
-                f"input latitudes differ from the model's {self.model.grid} grid by up to {err:.3f} degrees "
+                f"input latitudes differ from the model's {self._grid_name(self.grid)} grid by up to {err:.3f} degrees "
                 f"(input {ds['lat'].values[:3]}..., model {want[:3]}...); regrid the data first"
             )
         return ds
