@@ -81,7 +81,7 @@ def test_describe_feature_writes_from_significant_links(data):
     lt = link_features(data.features, data.labels, n_perm=10, progress=False)
     text = describe_feature(lt, 0)
     f1 = float(lt.score.sel(feature=0, variable="concept0"))
-    assert text.startswith(f"fires on concept0 tokens: F1 {f1:.2f}, precision ") and text.endswith("q < 1e-4")
+    assert text.startswith(f"fires on concept0 residues: F1 {f1:.2f}, precision ") and text.endswith("q < 1e-4")
     cont = describe_feature(lt, 2)
     assert cont.startswith("activation rises with v0: r = +0.") and "Spearman +0." in cont
     assert describe_feature(lt, 40).startswith("no significant link (closest: ")
@@ -121,3 +121,13 @@ def test_hydra_configs_build_link_configs():
         weather = instantiate(compose("config", overrides=["+analysis=weather", "seed=3"]).analysis)
     assert isinstance(default, LinkConfig) and default.null_method == "shift" and default.probe_ks == [1, 2, 5, 10]
     assert weather.split == "contiguous" and weather.seed == 3 and type(weather.pool) is list
+
+
+def test_describe_uses_long_names_and_grid_points(data):
+    labels = data.labels.copy()
+    labels["concept0"].attrs["long_name"] = "alpha helix"
+    lt = link_features(data.features, labels, n_perm=10, progress=False)
+    assert list(lt.long_name.values[:2]) == ["alpha helix", "concept1"]
+    assert describe_feature(lt, 0).startswith("fires on alpha helix residues: F1 ")
+    lt.attrs["group"] = "time"
+    assert describe_feature(lt, 0).startswith("fires on alpha helix grid points: F1 ")

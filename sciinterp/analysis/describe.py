@@ -8,6 +8,9 @@ import xarray as xr
 __all__ = ["describe_feature"]
 
 
+_UNIT_WORD = {"protein": "residues", "time": "grid points"}
+
+
 def _fmt_q(q: float) -> str:
     return "q < 1e-4" if q < 1e-4 else f"q = {q:.2g}"
 
@@ -22,7 +25,10 @@ def _split_pool(name: str) -> tuple[str, str | None]:
 def describe_feature(
     link_table: xr.Dataset, feature: int, *, alpha: float = 0.05, max_links: int = 3, summary: xr.Dataset | None = None
 ) -> str:
-    """A sentence such as ``"fires on ss3_H residues: F1 0.81, precision 0.77, recall 0.86, q < 1e-4"``.
+    """A sentence such as ``"fires on alpha helix residues: F1 0.81, precision 0.77, recall 0.86, q < 1e-4"``.
+
+    Variables are named by their ``long_name`` (from the labels' attrs) when the table has one; tokens
+    are "residues" when the group is ``protein``, "grid points" when it is ``time``.
 
     Links with q-value below ``alpha`` are listed, strongest (smallest q, then largest |score|)
     first, at most ``max_links``; the rest are counted.  Without significant links the closest
@@ -34,15 +40,18 @@ def describe_feature(
     q = np.nan_to_num(row["qvalue"].values, nan=1.0)
     score = np.nan_to_num(row["score"].values)
     names = [str(v) for v in row["variable"].values]
+    long = [str(v) for v in row["long_name"].values] if "long_name" in row.coords else names
+    unit = _UNIT_WORD.get(str(link_table.attrs.get("group", "")), "tokens")
     kinds = [str(k) for k in row["variable_kind"].values]
     order = np.lexsort((-np.abs(score), q))
     sig = [i for i in order if q[i] < alpha]
     parts = []
     for i in sig[:max_links]:
         base, pool = _split_pool(names[i])
+        base = long[i] if long[i] != names[i] else base
         r = row.isel(variable=i)
         if kinds[i] == "concept":
-            where = f"{base} {'items' if pool else 'tokens'}"
+            where = f"{base} {unit}"
             lead = f"{pool} activation per item separates {base}" if pool else f"fires on {where}"
             if pool:
                 parts.append(f"{lead}: AUROC {float(r.auroc):.2f}, {_fmt_q(q[i])}")

@@ -149,8 +149,8 @@ def link_features(features: xr.Dataset, labels: xr.Dataset, config: LinkConfig |
     Returns
     -------
     Link table ``xr.Dataset`` with dims ``(feature, variable)`` holding :data:`LINK_VARIABLES`
-    (NaN where a statistic does not apply), coords ``variable_kind`` and ``level`` (``"token"`` or the
-    pooling for item variables), attrs naming the groups of each split and the configuration.
+    (NaN where a statistic does not apply), coords ``variable_kind``, ``level`` (``"token"`` or the
+    pooling for item variables) and ``long_name`` (the label's ``long_name`` attr, else its name), attrs naming the groups of each split and the configuration.
     """
     group = overrides.pop("group", None) or labels.attrs.get("group")
     cfg = replace(config or LinkConfig(), **overrides)
@@ -176,7 +176,7 @@ def link_features(features: xr.Dataset, labels: xr.Dataset, config: LinkConfig |
     table = link_codes(lambda f0, f1: sorted_codes(features, f0=f0, f1=f1), int(features.attrs["d_sae"]),
                   y, kinds, groups, sel, w, cfg, cfg.null_method)
     attrs.update(weight=wname or "", null=cfg.null_method)
-    return _to_dataset(table, names, kinds, ["token"] * len(names), attrs)
+    return _to_dataset(table, names, kinds, ["token"] * len(names), attrs, _long_names(labels, names))
 
 
 def _link_items(features, labels, names, kinds, groups, sel_groups, cfg, attrs) -> xr.Dataset:
@@ -195,18 +195,24 @@ def _link_items(features, labels, names, kinds, groups, sel_groups, cfg, attrs) 
             return _pooled_codes(sorted_codes(features, f0=f0, f1=f1), unit, items.size, size, pool)
 
         table = link_codes(codes, int(features.attrs["d_sae"]), y, kinds, items, sel, np.ones(items.size), cfg, "permute")
-        out.append(_to_dataset(table, [f"{n}[{pool}]" for n in names], kinds, [pool] * len(names), attrs))
+        out.append(_to_dataset(table, [f"{n}[{pool}]" for n in names], kinds, [pool] * len(names), attrs,
+                               _long_names(labels, names)))  # fmt: skip
     res = xr.concat(out, dim="variable")
     res["qvalue"] = (("feature", "variable"), benjamini_hochberg(res["pvalue"].values))
     res.attrs.update(null="permute", n_items_selection=int(sel.sum()), n_items_heldout=int((~sel).sum()))
     return res
 
 
-def _to_dataset(table: dict[str, np.ndarray], names, kinds, level, attrs) -> xr.Dataset:
+def _long_names(labels: xr.Dataset, names: list[str]) -> list[str]:
+    return [str(labels[n].attrs.get("long_name", n)) for n in names]
+
+
+def _to_dataset(table: dict[str, np.ndarray], names, kinds, level, attrs, long_names) -> xr.Dataset:
     table["qvalue"] = benjamini_hochberg(table["pvalue"])
     return xr.Dataset(
         {k: (("feature", "variable"), table[k]) for k in LINK_VARIABLES},
         coords={"feature": np.arange(table["score"].shape[0]), "variable": list(names),
-                "variable_kind": ("variable", list(kinds)), "level": ("variable", list(level))},
+                "variable_kind": ("variable", list(kinds)), "level": ("variable", list(level)),
+                "long_name": ("variable", list(long_names))},
         attrs=dict(attrs),
     )
