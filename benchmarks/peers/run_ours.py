@@ -33,8 +33,8 @@ class BenchSource:
     def batches(self, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_row: int = 0) -> Iterator[torch.Tensor]:
         if batch_size != self.spec.batch or start_row:
             raise ValueError(f"BenchSource serves batches of {self.spec.batch} from row 0, got {batch_size}, {start_row}")
-        self.clock.times.clear(), self.clock.sizes.clear()
-        self.clock.t_end = None
+        self.clock.times.clear(), self.clock.sizes.clear(), self.clock.cpu.clear()
+        self.clock.t_end = self.clock.cpu_end = None
         yield from common.batches(self.spec, self.clock)
 
 
