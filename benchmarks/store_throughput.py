@@ -38,7 +38,7 @@ RSS_CHILD = r"""
 import json, sys
 import psutil
 from sciinterp.sources import StoreSource
-src = StoreSource(sys.argv[1], buffer_rows=int(sys.argv[2]), prefetch=4)
+src = StoreSource(sys.argv[1], buffer_rows=int(sys.argv[2]), prefetch=True)
 proc = psutil.Process()
 base = peak = proc.memory_info().rss
 n = 0
@@ -49,12 +49,12 @@ print(json.dumps({"rows": n, "base_rss": base, "peak_rss": peak}))
 """
 
 
-def write_store(path: Path, n_rows: int, d: int, dtype: str, chunk_rows: int) -> float:
+def write_store(path: Path, n_rows: int, d: int, dtype: str, chunk_rows: int, compression: str = "zstd") -> float:
     """Write ``n_rows`` random rows; return seconds spent in the writer."""
     rng = np.random.default_rng(0)
     pool = torch.from_numpy(rng.standard_normal((8 * ITEM_ROWS, d), dtype=np.float32))
     t = 0.0
-    with StoreWriter(path, dtype=dtype, chunk_rows=chunk_rows) as w:
+    with StoreWriter(path, dtype=dtype, chunk_rows=chunk_rows, compression=compression) as w:
         for i, start in enumerate(range(0, n_rows, ITEM_ROWS)):
             m = min(ITEM_ROWS, n_rows - start)
             off = (i * 131) % (len(pool) - ITEM_ROWS)
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--dims", type=int, nargs="+", default=[320, 1280])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--chunk-rows", type=int, default=8192)
+    ap.add_argument("--compression", default="zstd", choices=["zstd", "none"])
     ap.add_argument("--buffer-mb", type=float, default=16, help="shuffle buffer for the memory check, MB")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--out", default="benchmarks/results/store_throughput.json")
@@ -95,15 +96,15 @@ def main() -> None:
             n = int(args.mb * 2**20 / (4 * d))
             mb = n * d * 4 / 2**20
             path = scratch / f"d{d}.zarr"
-            tw = write_store(path, n, d, args.dtype, args.chunk_rows)
+            tw = write_store(path, n, d, args.dtype, args.chunk_rows, args.compression)
             disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
             row = {"rows": n, "mb": mb, "disk_mb": disk, "write_s": tw}
-            for label, shuffle, prefetch in [("read_shuffled", True, 4), ("read_shuffled_noprefetch", True, 0),
-                                             ("read_sequential", False, 4)]:  # fmt: skip
+            for label, shuffle, prefetch in [("read_shuffled", True, True), ("read_shuffled_noprefetch", True, False),
+                                             ("read_sequential", False, True)]:  # fmt: skip
                 src = StoreSource(path, prefetch=prefetch)
                 row[label + "_s"] = read_pass(src, shuffle)
             results["dims"][d] = row
-            print(f"d={d}: {n} rows, {mb:.0f} MB float32 ({disk:.0f} MB on disk, {args.dtype})")
+            print(f"d={d}: {n} rows, {mb:.0f} MB float32 ({disk:.0f} MB on disk, {args.dtype}, {args.compression})")
             for key in ("write", "read_shuffled", "read_shuffled_noprefetch", "read_sequential"):
                 s = row[f"{key}_s"]
                 print(f"  {key:<26} {n / s:>10,.0f} rows/s {mb / s:>8.1f} MB/s")
@@ -120,8 +121,8 @@ def main() -> None:
         growth = (m["peak_rss"] - m["base_rss"]) / 2**20
         store_mb, buf_mb = n * d * 4 / 2**20, buffer_rows * d * 4 / 2**20
         results["memory"] = {"d": d, "store_mb": store_mb, "buffer_mb": buf_mb, "rss_growth_mb": growth, **m}
-        print(f"streaming a {store_mb:.0f} MB store with a {buf_mb:.0f} MB shuffle buffer (d={d}, prefetch 4 chunks "
-              f"of {args.chunk_rows} rows): peak RSS grew {growth:.0f} MB (base {m['base_rss'] / 2**20:.0f} MB)")
+        print(f"streaming a {store_mb:.0f} MB store with a {buf_mb:.0f} MB shuffle buffer (d={d}, prefetch on, "
+              f"chunks of {args.chunk_rows} rows): peak RSS grew {growth:.0f} MB (base {m['base_rss'] / 2**20:.0f} MB)")
     finally:
         if not args.dir:
             shutil.rmtree(scratch, ignore_errors=True)

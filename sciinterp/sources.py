@@ -102,17 +102,27 @@ class _Chunk(NamedTuple):
     stop: int
 
 
+class _Window(NamedTuple):
+    """A filled shuffle window: pass-local index, buffer, and the rows of it in use."""
+
+    index: int
+    buffer: np.ndarray
+    rows: int
+
+
 class StoreSource:
     """Rows of one hook of an activation store, streamed in shuffled mini-batches.
 
     Memory stays bounded whatever the store's size: a pass visits the store's
-    chunks in a random order (chunk-level shuffle), gathers consecutive chunks
-    into a *shuffle window* of about ``buffer_rows`` rows, and yields the window's
-    rows in a random order.  A background thread reads and decodes the next
-    ``prefetch`` chunks while the current window is consumed.
+    chunks in a random order (chunk-level shuffle), reads consecutive chunks of
+    that order into a *shuffle window* of at most ``buffer_rows`` rows (at least
+    one chunk), and yields the window's rows in a random order (a fresh
+    permutation per window).  With ``prefetch`` a background thread fills the
+    next window while the current one is consumed.  Chunks are decoded straight
+    into the window (``float16``/``bfloat16`` -> ``float32``).
 
-    Peak memory is about ``(buffer_rows + (prefetch + 1) * chunk_rows) * d_in * 4``
-    bytes plus one batch.
+    Peak memory is about ``(1 + prefetch) * buffer_rows * d_in * 4`` bytes, plus
+    two chunks' worth of zarr's decoding buffers and one batch.
 
     Parameters
     ----------
@@ -121,10 +131,10 @@ class StoreSource:
     hook
         The hook to read; may be omitted if the store holds exactly one.
     buffer_rows
-        Rows per shuffle window (rounded up to whole chunks).  Default: as many
-        rows as fit in 256 MiB of float32, at least one chunk.
+        Rows per shuffle window.  Default: as many rows as fit in 128 MiB of
+        float32 (so 256 MiB with ``prefetch``), at least one chunk.
     prefetch
-        Chunks read ahead by a background thread; ``0`` reads in the calling thread.
+        Fill the next window in a background thread (doubles the window memory).
     """
 
     def __init__(
@@ -133,7 +143,7 @@ class StoreSource:
         hook: str | None = None,
         *,
         buffer_rows: int | None = None,
-        prefetch: int = 4,
+        prefetch: bool = True,
     ) -> None:
         self.path = Path(path)
         parts = store_parts(self.path)
@@ -170,11 +180,11 @@ class StoreSource:
         self._d = int(self._arrays[0].shape[1]) if self._arrays else 0
         self.chunk_rows = max((c.stop - c.start for c in self._chunks), default=1)
         if buffer_rows is None:
-            buffer_rows = max(self.chunk_rows, (256 << 20) // (4 * max(self._d, 1)))
-        if buffer_rows < 1 or prefetch < 0:
-            raise ValueError(f"need buffer_rows >= 1 and prefetch >= 0, got {buffer_rows} and {prefetch}")
-        self.buffer_rows = int(buffer_rows)
-        self.prefetch = int(prefetch)
+            buffer_rows = (128 << 20) // (4 * max(self._d, 1))
+        if buffer_rows < 1:
+            raise ValueError(f"buffer_rows must be >= 1, got {buffer_rows}")
+        self.buffer_rows = max(int(buffer_rows), self.chunk_rows)
+        self.prefetch = bool(prefetch)
 
     @property
     def d_in(self) -> int:
@@ -187,66 +197,94 @@ class StoreSource:
     def __repr__(self) -> str:
         return f"StoreSource({str(self.path)!r}, hook={self.hook!r}, n_rows={self.n_rows}, d_in={self.d_in})"
 
-    def _read(self, chunk: _Chunk) -> np.ndarray:
-        return decode_rows(self._arrays[chunk.part][chunk.start : chunk.stop], self.dtype)
+    # -- reading -----------------------------------------------------------
+    def _fill(self, chunks: Sequence[_Chunk], buf: np.ndarray, scratch: list) -> int:
+        """Read ``chunks`` one after the other into ``buf`` (float32); return the rows filled."""
+        from zarr.core.buffer import cpu
 
-    def _read_all(self, chunks: Sequence[_Chunk]) -> Iterator[np.ndarray]:
-        """Decoded chunks in order, read ahead by a background thread when ``prefetch``."""
+        row = 0
+        for c in chunks:
+            m = c.stop - c.start
+            arr = self._arrays[c.part]
+            if self.dtype == "float32":
+                arr.get_basic_selection(slice(c.start, c.stop), out=cpu.NDBuffer.from_numpy_array(buf[row : row + m]))
+            else:
+                if not scratch:
+                    scratch.append(np.empty((self.chunk_rows, self._d), arr.dtype))
+                raw = scratch[0][:m]
+                arr.get_basic_selection(slice(c.start, c.stop), out=cpu.NDBuffer.from_numpy_array(raw))
+                buf[row : row + m] = decode_rows(raw, self.dtype)
+            row += m
+        return row
+
+    def _filled(self, windows: Sequence[list[_Chunk]], first: int) -> Iterator[_Window]:
+        """Windows ``first...`` read into (1 + prefetch) reusable buffers, ahead by a thread if ``prefetch``."""
+        size = max((sum(c.stop - c.start for c in w) for w in windows), default=0)
+        buffers = [np.empty((size, self._d), np.float32) for _ in range(1 + self.prefetch)]
         if not self.prefetch:
-            yield from map(self._read, chunks)
+            scratch: list = []
+            for i in range(first, len(windows)):
+                yield _Window(i, buffers[0], self._fill(windows[i], buffers[0], scratch))
             return
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        free: queue.Queue = queue.Queue()
+        full: queue.Queue = queue.Queue()
+        for b in buffers:
+            free.put(b)
         stop = threading.Event()
 
         def work() -> None:
+            scratch: list = []
             try:
-                for c in chunks:
-                    block = self._read(c)
-                    while not stop.is_set():
+                for i in range(first, len(windows)):
+                    while True:
+                        if stop.is_set():
+                            return
                         try:
-                            q.put(block, timeout=0.1)
+                            buf = free.get(timeout=0.1)
                             break
-                        except queue.Full:
+                        except queue.Empty:
                             continue
-                    if stop.is_set():
-                        return
-                q.put(None)
+                    full.put(_Window(i, buf, self._fill(windows[i], buf, scratch)))
+                full.put(None)
             except BaseException as err:  # handed to the consumer
-                q.put(err)
+                full.put(err)
 
         thread = threading.Thread(target=work, name="StoreSource-prefetch", daemon=True)
         thread.start()
         try:
-            while (item := q.get()) is not None:
+            while (item := full.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
+                free.put(item.buffer)
         finally:
             stop.set()
             thread.join()
 
     def _windows(self, seed: int, shuffle: bool) -> list[list[_Chunk]]:
-        if not shuffle:
-            return [[c] for c in self._chunks]
-        order = np.random.default_rng(seed).permutation(len(self._chunks))
-        windows: list[list[_Chunk]] = [[]]
-        rows = 0
+        """The pass's chunk order, cut into windows of at most ``buffer_rows`` rows (at least one chunk)."""
+        order = np.random.default_rng(seed).permutation(len(self._chunks)) if shuffle else range(len(self._chunks))
+        windows: list[list[_Chunk]] = []
+        rows = self.buffer_rows
         for i in order:
-            if rows >= self.buffer_rows:
+            c = self._chunks[i]
+            if rows + (c.stop - c.start) > self.buffer_rows:
                 windows.append([])
                 rows = 0
-            windows[-1].append(self._chunks[i])
-            rows += self._chunks[i].stop - self._chunks[i].start
-        return [w for w in windows if w]
+            windows[-1].append(c)
+            rows += c.stop - c.start
+        return windows
 
     def batches(
         self, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_row: int = 0
     ) -> Iterator[torch.Tensor]:
         """Yield float32 tensors ``(batch_size, d_in)`` (the last may be shorter).
 
-        One call is one pass over the rows, deterministic for ``seed``;
-        ``start_row`` skips that many rows of the pass without reading them
-        (``batches(b, start_row=k * b)`` yields what a full pass yields after ``k`` batches).
+        One call is one pass over the rows, deterministic for ``seed`` (and
+        ``buffer_rows``); ``start_row`` skips that many rows of the pass, reading
+        only from the window it falls in (``batches(b, start_row=k * b)`` yields
+        what a full pass yields after ``k`` batches).  Without ``shuffle`` rows
+        come in store order.
         """
         if batch_size < 1 or start_row < 0:
             raise ValueError(f"need batch_size >= 1 and start_row >= 0, got {batch_size} and {start_row}")
@@ -256,35 +294,23 @@ class StoreSource:
         while first < len(windows) and skip >= sizes[first]:
             skip -= sizes[first]
             first += 1
-        blocks = self._read_all([c for w in windows[first:] for c in w])
         carry: np.ndarray | None = None
-        for w in range(first, len(windows)):
-            window = np.empty((sizes[w], self._d), np.float32) if len(windows[w]) > 1 else None
-            row = 0
-            for _ in windows[w]:
-                block = next(blocks)
-                if window is None:
-                    window = block
-                else:
-                    window[row : row + len(block)] = block
-                row += len(block)
-                del block
-            perm = np.random.default_rng((seed, w)).permutation(sizes[w]) if shuffle else None
-            pos = skip if w == first else 0
-            while pos < sizes[w]:
-                need = batch_size - (0 if carry is None else len(carry))
-                end = min(pos + need, sizes[w])
-                rows = window[perm[pos:end]] if perm is not None else window[pos:end]
+        for w in self._filled(windows, first):
+            window = w.buffer[: w.rows]
+            perm = np.random.default_rng((seed, w.index)).permutation(w.rows) if shuffle else None
+            pos = skip if w.index == first else 0
+            while pos < w.rows:
+                end = min(pos + batch_size - (0 if carry is None else len(carry)), w.rows)
+                rows = window[perm[pos:end]] if perm is not None else window[pos:end].copy()  # buffers are reused
                 pos = end
                 if carry is not None:
                     rows, carry = np.concatenate([carry, rows]), None
                 if len(rows) == batch_size:
-                    yield torch.from_numpy(np.ascontiguousarray(rows))
+                    yield torch.from_numpy(rows)
                 else:
-                    carry = rows.copy() if perm is None else rows
-            del window
+                    carry = rows
         if carry is not None and len(carry):
-            yield torch.from_numpy(np.ascontiguousarray(carry))
+            yield torch.from_numpy(carry)
 
 
 def as_source(
