@@ -131,3 +131,33 @@ def test_describe_uses_long_names_and_grid_points(data):
     assert describe_feature(lt, 0).startswith("fires on alpha helix residues: F1 ")
     lt.attrs["group"] = "time"
     assert describe_feature(lt, 0).startswith("fires on alpha helix grid points: F1 ")
+
+
+def test_end_to_end_from_an_activation_store(tmp_path):
+    """harvest -> encode_store (zarr, dask-backed) -> analyze with neuron probes, on the fake adapter."""
+    from test_features import StandInSAE
+
+    from sciinterp.features import encode_store, open_features
+    from sciinterp.harvest import harvest_to_store
+    from sciinterp.store import open_store
+    from sciinterp.testing import FakeAdapter
+
+    store_path = tmp_path / "store.zarr"
+    harvest_to_store(FakeAdapter(), [40] * 60, ["hidden"], store_path, chunk_rows=256)
+    store = open_store(store_path)
+    feats = open_features(encode_store(store_path, StandInSAE(16, d_sae=32, k=4), "hidden", tmp_path / "f.zarr",
+                                       batch_size=500, progress=False))  # fmt: skip
+    dense = _dense(feats)
+    f = int(np.argmax((dense > 0).mean(0) * ((dense > 0).mean(0) < 0.5)))  # a feature active on < half the tokens
+    rng = np.random.default_rng(0)
+    labels = xr.Dataset(
+        {"on": ("token", (dense[:, f] > 0).astype(np.float32), {"kind": "concept"}),
+         "noise": ("token", (rng.random(dense.shape[0]) < 0.3).astype(np.float32), {"kind": "concept"})},
+        attrs={"group": "seq"},
+    )  # fmt: skip
+    res = analyze(feats, labels, store=store, hook="hidden", config=LinkConfig(n_perm=20, probe_ks=[1], progress=False))
+    assert float(res.links.score.sel(feature=f, variable="on")) == pytest.approx(1.0)
+    assert float(res.links.qvalue.sel(feature=f, variable="on")) < 1e-4
+    assert int(res.probes.sae_columns.sel(variable="on", rank=0)) == f
+    assert float(res.probes.f1.sel(variable="on", k=1, basis="sae")) > 0.95
+    assert res.summary.sizes["feature"] == 32 and "seq" in res.summary
