@@ -109,20 +109,6 @@ class AnalyzeConfig:
     """Fields of :class:`sciinterp.analysis.LinkConfig` (``n_perm``, ``alpha``, ``split``, ...)."""
 
 
-def _write_netcdf(ds: Any, path: Path) -> None:
-    """Atomic netCDF write (temporary name, then rename); list attrs become JSON strings."""
-    import json
-
-    ds = ds.copy()
-    ds.attrs = {k: (json.dumps(v) if isinstance(v, (list, dict, tuple)) else v) for k, v in ds.attrs.items()}
-    for name in list(ds.variables):
-        if ds[name].dtype == object:
-            ds[name] = ds[name].astype(str)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    os.replace(tmp, path)
-
-
 def analyze(
     store: str | os.PathLike,
     sae_dir: str | os.PathLike,
@@ -133,28 +119,28 @@ def analyze(
     *,
     force: bool = False,
 ) -> Path:
-    """Encode ``store`` with the SAE, summarise features and link them to labels.
+    """Encode ``store`` with the SAE, then summarise features and link them to labels.
 
     ``labels`` is a callable ``labels(tokens, data) -> xr.Dataset`` (the label contract in
-    ``docs/architecture.md``) or a ready ``xr.Dataset``.  Writes into ``<out>/analyze/``:
-    ``features.zarr``, ``summary.nc``, ``labels.nc``, ``links.nc``, ``discovery.nc``.
+    ``docs/architecture.md``; ``tokens`` is the opened store) or a ready ``xr.Dataset``.
+    Writes ``<out>/analyze/features.zarr`` and what :func:`sciinterp.analysis.analyze` writes
+    (``summary``, ``links``, ``probes``, ``queue``, read back with ``load_analysis``).
     """
-    from sciinterp.analysis import LinkConfig, discovery_queue, link_features
-    from sciinterp.features import encode_store, feature_summary, open_features
+    from sciinterp.analysis import LinkConfig
+    from sciinterp.analysis import analyze as analyze_features
+    from sciinterp.features import encode_store, open_features
     from sciinterp.store import open_store
 
     record = {"store": str(store), "sae": str(sae_dir), "labels": _describe(labels), "data": _describe(data), **asdict(cfg)}
 
     def work(d: Path) -> None:
-        feats_path = encode_store(store, sae_dir, cfg.hook, d / "features.zarr", batch_size=cfg.batch_size)
-        feats = open_features(feats_path)
-        summary = feature_summary(feats, top_n=cfg.top_n)
-        _write_netcdf(summary, d / "summary.nc")
-        lab = labels(open_store(store), data) if callable(labels) else labels
-        _write_netcdf(lab, d / "labels.nc")
-        links = link_features(feats, lab, LinkConfig(**cfg.link))
-        _write_netcdf(links, d / "links.nc")
-        _write_netcdf(discovery_queue(links, summary), d / "discovery.nc")
+        feats = open_features(encode_store(store, sae_dir, cfg.hook, d / "features.zarr", batch_size=cfg.batch_size))
+        tokens = open_store(store)
+        lab = labels(tokens, data) if callable(labels) else labels
+        token_labels = lab if "token" in lab.dims else None
+        item_labels = lab if "item" in lab.dims else None
+        analyze_features(feats, token_labels, item_labels=item_labels, store=tokens, hook=cfg.hook,
+                         config=LinkConfig(**cfg.link), out_dir=d, top_n=cfg.top_n)
 
     return run_stage("analyze", out, record, work, inputs=_path_inputs(store, sae_dir, data), force=force)
 
@@ -162,8 +148,7 @@ def analyze(
 def report(analysis_dir: str | os.PathLike, out: str | os.PathLike, *, title: str = "sciinterp report",
            n_cards: int = 24, force: bool = False) -> Path:
     """Write the HTML report of an analyze stage into ``<out>/report/index.html``."""
-    import xarray as xr
-
+    from sciinterp.analysis import load_analysis
     from sciinterp.features import open_features
     from sciinterp.report import build_report
 
@@ -171,11 +156,9 @@ def report(analysis_dir: str | os.PathLike, out: str | os.PathLike, *, title: st
     record = {"analysis": str(a), "title": title, "n_cards": n_cards}
 
     def work(d: Path) -> None:
-        links = xr.load_dataset(a / "links.nc")
-        summary = xr.load_dataset(a / "summary.nc")
-        queue = xr.load_dataset(a / "discovery.nc")
-        build_report(d, links, summary, features=open_features(a / "features.zarr"),
-                     discovery=[int(f) for f in queue["feature"].values], n_cards=n_cards, title=title)
+        res = load_analysis(a)
+        build_report(d, res.links, res.summary, features=open_features(a / "features.zarr"),
+                     discovery=[int(f) for f in res.queue["feature"].values], n_cards=n_cards, title=title)
 
     return run_stage("report", out, record, work, inputs=[a], force=force) / "index.html"
 
