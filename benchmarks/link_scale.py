@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 
-def prepare(d: Path, n_tokens: int, d_sae: int, k: int, n_concepts: int) -> None:
+def prepare(d: Path, n_tokens: int, d_sae: int, k: int, n_concepts: int, n_continuous: int) -> None:
     import xarray as xr
     import zarr
 
@@ -29,8 +29,8 @@ def prepare(d: Path, n_tokens: int, d_sae: int, k: int, n_concepts: int) -> None
 
     item_len = 250
     data = planted_links(
-        n_items=n_tokens // item_len, item_len=item_len, d_sae=d_sae, k=k - 8, n_concepts=n_concepts,
-        n_planted=8, n_continuous=0, n_planted_continuous=0, prevalence=0.1, seed=0,
+        n_items=n_tokens // item_len, item_len=item_len, d_sae=d_sae, k=k - 8 - min(n_continuous, 2), n_concepts=n_concepts,
+        n_planted=8, n_continuous=n_continuous, n_planted_continuous=min(n_continuous, 2), prevalence=0.1, seed=0,
     )  # fmt: skip
     feats = data.features
     g = zarr.open_group(d / "features.zarr", mode="w", zarr_format=3)
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--d-sae", type=int, default=10_240)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--concepts", type=int, default=50)
+    ap.add_argument("--continuous", type=int, default=0, help="continuous variables (2 of them planted)")
     ap.add_argument("--n-perm", type=int, default=100)
     ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -93,10 +94,11 @@ def main() -> None:
         return
     args.dir.mkdir(parents=True, exist_ok=True)
     tag = args.dir / "prepared.json"
-    want = {"tokens": args.tokens, "d_sae": args.d_sae, "k": args.k, "concepts": args.concepts}
+    want = {"tokens": args.tokens, "d_sae": args.d_sae, "k": args.k, "concepts": args.concepts,
+            "continuous": args.continuous}
     if not tag.exists() or json.loads(tag.read_text()) != want:
         t0 = time.perf_counter()
-        prepare(args.dir, args.tokens, args.d_sae, args.k, args.concepts)
+        prepare(args.dir, args.tokens, args.d_sae, args.k, args.concepts, args.continuous)
         tag.write_text(json.dumps(want))
         print(f"prepared synthetic data in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     cmd = [sys.executable, __file__, "--measure", "--dir", str(args.dir), "--n-perm", str(args.n_perm)]
