@@ -32,6 +32,11 @@ def _hash_path(path: Path, h: hashlib._Hash) -> None:
     marker = path / MARKER
     if marker.is_file():  # an upstream stage: its own key stands for its content
         h.update(json.loads(marker.read_text())["key"].encode())
+    elif (path.parent / MARKER).is_file() and (path / "zarr.json").is_file():  # a store inside a stage
+        h.update(json.loads((path.parent / MARKER).read_text())["key"].encode() + path.name.encode())
+    elif _is_activation_store(path):  # its metadata (provenance + commit) stands for its content
+        for meta in sorted(path.rglob("zarr.json")):
+            h.update(str(meta.relative_to(path)).encode() + meta.read_bytes())
     elif path.is_file():
         with open(path, "rb") as f:
             while block := f.read(1 << 22):
@@ -44,8 +49,19 @@ def _hash_path(path: Path, h: hashlib._Hash) -> None:
         raise StageError(f"stage input {path} does not exist")
 
 
+def _is_activation_store(path: Path) -> bool:
+    from sciinterp.store_format import is_store
+
+    return path.is_dir() and (is_store(path) or any(is_store(p) for p in path.glob("part-*-of-*.zarr")))
+
+
 def fingerprint(config: Mapping[str, Any], inputs: Iterable[str | os.PathLike] = ()) -> str:
-    """SHA-256 over the JSON of ``config`` and the content of ``inputs``."""
+    """SHA-256 over the JSON of ``config`` and the content of ``inputs``.
+
+    Files and plain directories are hashed byte for byte; an upstream stage
+    directory (or a store inside one) by its stage key; an activation store by
+    its metadata (provenance and commit record), not its gigabytes of rows.
+    """
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for p in inputs:
         _hash_path(Path(p), h)
@@ -99,7 +115,9 @@ def run_stage(
     elif force and stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+    tmp = stage_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, stage_dir / "config.json")
     _write_marker(marker, {"key": key, "complete": False})
     fn(stage_dir)
     _write_marker(marker, {"key": key, "complete": True})
