@@ -185,11 +185,13 @@ def _concepts_pass2(out, codes, d_sae, sel, edges, level, tp, lab, cfg) -> None:
 def _continuous(out, f0, f1, sc_h, bins_h, n_act, lab, cfg) -> None:
     iv, rows = lab.iv, slice(f0, f1)
     mt, mt2 = M.value_matrix(sc_h), M.value_matrix(sc_h, sc_h.values.astype(np.float64) ** 2)
-    r = M.correlation(mt, mt2, lab.v0, lab.vknown, lab.w_h)
+    cache: dict = {}
+    r = M.correlation(mt, mt2, lab.v0, lab.vknown, lab.w_h, cache)
     s1, s2 = np.zeros_like(r), np.zeros_like(r)
     for p in range(cfg.n_perm):
         src = lab.perm(cfg.seed, p)
-        rp = np.nan_to_num(M.correlation(mt, mt2, lab.v0[src], None if lab.vknown is None else lab.vknown[src], lab.w_h))
+        kp = None if lab.vknown is None else lab.vknown[src]
+        rp = np.nan_to_num(M.correlation(mt, mt2, lab.v0[src], kp, lab.w_h, cache))
         s1, s2 = s1 + rp, s2 + rp**2
     mean = s1 / cfg.n_perm
     sd = np.sqrt(np.maximum(s2 / cfg.n_perm - mean**2, 0) * cfg.n_perm / (cfg.n_perm - 1))

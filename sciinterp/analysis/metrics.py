@@ -174,19 +174,27 @@ def log_odds(tp: np.ndarray, pred: np.ndarray, pos: np.ndarray, known: np.ndarra
 
 
 def correlation(
-    mt: sp.csr_matrix, mt2: sp.csr_matrix, v0: np.ndarray, known: np.ndarray | None, w: np.ndarray
+    mt: sp.csr_matrix, mt2: sp.csr_matrix, v0: np.ndarray, known: np.ndarray | None, w: np.ndarray,
+    cache: dict | None = None,
 ) -> np.ndarray:
     """Weighted Pearson correlation ``(F, V)`` of sparse activations with variables.
 
     ``mt``/``mt2``: CSR ``(F, token)`` of activations and their squares; ``v0`` (token, V) variables with
     NaN set to 0; ``known`` (token, V) 0/1 or ``None``; ``w`` (token,) weights.  Zero-variance -> NaN.
+    ``cache`` (a dict) keeps the feature moments between calls when ``known`` is None (permutations
+    move only the variables, so the features' weighted mean and variance stay the same).
     """
     om = w[:, None] if known is None else known * w[:, None]  # (token, 1 or V)
     wt = om.sum(0)
     mv = (om * v0).sum(0) / wt
     vv = (om * v0 * v0).sum(0) / wt - mv**2
-    ma = np.asarray(mt @ om) / wt
-    va = np.asarray(mt2 @ om) / wt - ma**2
+    if cache is not None and known is None and "ma" in cache:
+        ma, va = cache["ma"], cache["va"]
+    else:
+        ma = np.asarray(mt @ om) / wt
+        va = np.asarray(mt2 @ om) / wt - ma**2
+        if cache is not None and known is None:
+            cache.update(ma=ma, va=va)
     cov = np.asarray(mt @ (om * v0)) / wt - ma * mv
     with np.errstate(invalid="ignore", divide="ignore"):
         r = cov / np.sqrt(np.maximum(va, 0) * np.maximum(vv, 0))
