@@ -19,7 +19,7 @@ One mechanism serves every adapter.  An adapter that fits
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -114,6 +114,7 @@ def splice(
     edits: Sequence[FeatureEdit] = (),
     tokens: TokenMask = None,
     mean: torch.Tensor | None = None,
+    steps: Collection[int] | None = None,
 ) -> Iterator[SpliceStats]:
     """Rewrite the output at ``point`` while the context is active.
 
@@ -136,6 +137,10 @@ def splice(
         taking that shape and returning one; ``None`` selects all tokens.
     mean
         ``(d_in,)`` mean activation for ``replace="mean"``.
+    steps
+        Forward calls of the hooked module (0-based, counted from entering the context) to
+        rewrite; the others pass through unchanged.  In an autoregressive rollout call ``k``
+        produces step ``k + 1``, so ``steps={2}`` edits only the third step.  ``None``: every call.
 
     Yields
     ------
@@ -147,6 +152,10 @@ def splice(
         raise ValueError("splice needs an SAE for replace='sae' or for feature edits")
     if replace == "mean" and mean is None:
         raise ValueError("replace='mean' needs the mean activation (d_in,), e.g. from the activation store")
+    if steps is not None:
+        steps = frozenset(int(k) for k in steps)
+        if any(k < 0 for k in steps):
+            raise ValueError(f"steps={sorted(steps)}: forward-call indices count from 0")
     if sae is not None:
         bad = [f for e in edits for f in e.features if not 0 <= int(f) < _d_sae(sae)]
         if bad:
@@ -154,6 +163,9 @@ def splice(
     stats = SpliceStats()
 
     def rewrite(x: torch.Tensor) -> torch.Tensor:
+        if steps is not None and stats.calls not in steps:
+            stats.calls += 1
+            return x
         moved = x.movedim(point.channel_dim, -1)
         shape = moved.shape
         if sae is not None and shape[-1] != _d_in(sae):
