@@ -150,14 +150,15 @@ def link_features(features: xr.Dataset, labels: xr.Dataset, config: LinkConfig |
     -------
     Link table ``xr.Dataset`` with dims ``(feature, variable)`` holding :data:`LINK_VARIABLES`
     (NaN where a statistic does not apply), coords ``variable_kind``, ``level`` (``"token"`` or the
-    pooling for item variables) and ``long_name`` (the label's ``long_name`` attr, else its name), attrs naming the groups of each split and the configuration.
+    pooling for item variables) and ``long_name`` (the label's ``long_name`` attr, else its name),
+    attrs naming the groups of each split and the configuration.
     """
     group = overrides.pop("group", None) or labels.attrs.get("group")
     cfg = replace(config or LinkConfig(), **overrides)
     if not group:
         raise ValueError("labels.attrs['group'] is missing: name the coordinate whose values are the items/blocks")
     names, kinds = _variables(labels)
-    groups = _coord(group, features)
+    groups = _coord(group, features, labels)
     sel_g, held_g, sel, held = split_masks(groups, cfg)
     attrs = {
         "group": group, "selection_items": [str(g) for g in sel_g], "heldout_items": [str(g) for g in held_g],
@@ -168,7 +169,7 @@ def link_features(features: xr.Dataset, labels: xr.Dataset, config: LinkConfig |
         return _link_items(features, labels, names, kinds, groups, sel_g, cfg, attrs)
     if labels.sizes.get("token") != features.sizes["token"]:
         raise ValueError(f"labels have {labels.sizes.get('token')} tokens, features {features.sizes['token']}")
-    if group in labels.coords and not np.array_equal(np.asarray(labels[group].values), groups):
+    if group in labels.coords and not np.array_equal(_coord(group, labels), groups):
         raise ValueError(f"labels and features disagree on coordinate {group!r}: not the same tokens in the same order")
     wname = labels.attrs.get("weight")
     w = _coord(wname, labels, features).astype(np.float64) if wname else np.ones(groups.size)
