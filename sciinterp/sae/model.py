@@ -211,6 +211,7 @@ class SparseAutoencoder(nn.Module):
     def loss_terms(
         self, x: torch.Tensor, *, dead: torch.Tensor | None = None, var: float | None = None,
         n_rows: int | None = None, all_sum: Callable[[torch.Tensor], torch.Tensor] = _identity,
+        all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity,
     ) -> ForwardOutput:
         """Losses of one (local) batch ``x`` (B, d_in).
 
@@ -225,6 +226,8 @@ class SparseAutoencoder(nn.Module):
             gradients over DDP ranks gives the global-batch gradient).  Default ``B``.
         all_sum
             Sums a tensor over DDP ranks (identity in one process).
+        all_gather
+            Concatenates a 1-D tensor over DDP ranks (``batchtopk``'s global-batch threshold).
         """
         cfg, B = self.cfg, x.shape[0]
         n = float(n_rows or B)
@@ -241,7 +244,7 @@ class SparseAutoencoder(nn.Module):
                               dead if cfg.auxk_alpha > 0 else None, k_aux, self.bf16)
             vals, idx = enc.values, enc.indices
             if arch == "batchtopk":
-                vals, idx = self._batch_select(vals, idx, B, n, all_sum)
+                vals, idx = self._batch_select(vals, idx, n, all_gather)
             x_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
             err = x - x_hat
             if enc.aux_values is not None:
@@ -264,7 +267,7 @@ class SparseAutoencoder(nn.Module):
                 z = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)
                 sparsity = cfg.l0_coeff * _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum() / n
             else:  # dense reference of topk / batchtopk (SCIINTERP_NO_FAST_KERNELS=1)
-                z = self._dense_topk(pre, B, n, all_sum)
+                z = self._dense_topk(pre, n, all_gather)
             x_hat = z @ self.W_dec + self.b_dec
             err = x - x_hat
             active = z > 0
@@ -274,27 +277,27 @@ class SparseAutoencoder(nn.Module):
         loss = fvu + cfg.auxk_alpha * aux + sparsity
         return ForwardOutput(x_hat, codes, fvu, aux, sparsity, loss, l0.detach(), fired)
 
-    def _batch_select(self, vals, idx, B, n, all_sum):
-        """Keep the ``n * k`` largest of the per-row candidates over the (global) batch."""
-        k_total = min(int(round(B * self.cfg.k)), vals.numel())
-        t = vals.detach().reshape(-1).topk(k_total, sorted=False).values.min()
+    def _batch_select(self, vals, idx, n, all_gather):
+        """Keep the ``n * k`` largest of the per-row candidates over the (global) batch of ``n`` rows."""
+        cand = all_gather(vals.detach().reshape(-1))
+        k_total = min(int(round(n * self.cfg.k)), cand.numel())
+        t = cand.topk(k_total, sorted=False).values.min()
         if self.training:
-            with torch.no_grad():  # running inference threshold (mean over ranks)
-                t_mean = all_sum(t.reshape(1) * (B / n)).squeeze(0)
-                self.batch_threshold.mul_(0.99).add_(0.01 * t_mean)
+            with torch.no_grad():  # running inference threshold
+                self.batch_threshold.mul_(0.99).add_(0.01 * t)
         keep = vals >= t
         width = max(int(keep.sum(1).max()), 1)
         vals = vals * keep
         top = vals.detach().topk(width, dim=1, sorted=False).indices
         return vals.gather(1, top), idx.gather(1, top)
 
-    def _dense_topk(self, pre, B, n, all_sum):
+    def _dense_topk(self, pre, n, all_gather):
         z = pre.relu()
         if self.cfg.architecture == "topk":
             v, i = z.topk(self.cfg.k, dim=1)
             return torch.zeros_like(z).scatter(1, i, v)
         cand = z.topk(min(self.d_sae, 4 * self.cfg.k), dim=1)
-        v, i = self._batch_select(cand.values, cand.indices, B, n, all_sum)
+        v, i = self._batch_select(cand.values, cand.indices, n, all_gather)
         return torch.zeros_like(z).scatter(1, i, v)
 
     # -- normalisation folding -------------------------------------------------------------------

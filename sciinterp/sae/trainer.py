@@ -89,6 +89,25 @@ def _all_sum(world: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return f
 
 
+def _all_gather(world: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Concatenate 1-D tensors of possibly different lengths over ranks, in rank order."""
+    if world == 1:
+        return lambda t: t
+    import torch.distributed as dist
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        n = torch.tensor([t.numel()], device=t.device)
+        sizes = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        top = int(max(s.item() for s in sizes))
+        padded = torch.cat([t, t.new_zeros(top - t.numel())])
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+    return f
+
+
 def _device(name: str, rank: int) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -186,7 +205,7 @@ def _prepare(source: Any, cfgs: Sequence[SAEConfig], tc: TrainerConfig, dev: tor
 
 
 def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfig, world: int, all_sum,
-          where: str) -> None:
+          all_gather, where: str) -> None:
     """One optimisation step of one SAE on the local rows ``x``."""
     sae, cfg = run.sae, run.cfg
     xn = (x - run.mean) / run.scale if cfg.normalize != "none" else x
@@ -194,7 +213,7 @@ def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfi
     if cfg.architecture in ("topk", "batchtopk") and cfg.auxk_alpha > 0:
         ids = (run.since_fired >= cfg.dead_tokens).nonzero().squeeze(1)
         dead = ids if ids.numel() else None
-    out = sae.loss_terms(xn, dead=dead, var=run.var, n_rows=n_global, all_sum=all_sum)
+    out = sae.loss_terms(xn, dead=dead, var=run.var, n_rows=n_global, all_sum=all_sum, all_gather=all_gather)
     out.loss.backward()
     params = [p for p in sae.parameters() if p.grad is not None]
     if world > 1:
@@ -326,7 +345,7 @@ def fit(
         torch.set_num_threads(tc.threads)
     rank, world = _dist()
     dev = _device(tc.device, rank)
-    all_sum = _all_sum(world)
+    all_sum, all_gather = _all_sum(world), _all_gather(world)
     out = Path(out_dir) if out_dir is not None else None
     total, steps = _schedule(src.n_rows, tc)
     runs = _prepare(src, saes, tc, dev)
@@ -350,7 +369,7 @@ def fit(
             lr_f = _lr_factor(step, steps, tc)
             where = f"step {step + 1} (epoch {epoch}, batch rows {row}-{row + n_global} of the pass)"
             for r in runs:
-                _step(r, local, n_global, r.cfg.learning_rate * lr_f, tc, world, all_sum, where)
+                _step(r, local, n_global, r.cfg.learning_rate * lr_f, tc, world, all_sum, all_gather, where)
             step, rows = step + 1, rows + n_global
             row_next = row + n_global
             info = StepInfo(step, rows, {r.name: dict(r.last) for r in runs})
