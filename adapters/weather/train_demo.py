@@ -24,7 +24,7 @@ import xarray as xr
 from .sfno import SFNOAdapter, SFNOMeta, build_sfno, save_sfno
 from .shallow_water import generate_shallow_water
 
-__all__ = ["DemoConfig", "skill_vs_persistence", "train_demo"]
+__all__ = ["DemoConfig", "skill_vs_persistence", "train_demo", "write_model_card"]
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,37 @@ def skill_vs_persistence(adapter: SFNOAdapter, test: xr.Dataset, leads_steps: tu
     return out
 
 
-def train_demo(cfg: DemoConfig, out: Path, threads: int = 1) -> dict:
-    """Generate data, train, evaluate, and save ``out.safetensors`` + ``out.json``; return the skill dict."""
+def _data(cfg: DemoConfig, cache: Path | None) -> tuple[xr.Dataset, xr.Dataset]:
+    """Training and test trajectories, read from / written to ``cache`` (a directory) if given."""
+    grid = dict(nlat=cfg.nlat, nlon=cfg.nlon, progress=False)
+    specs = {
+        "train": dict(n_trajectories=cfg.n_trajectories, n_times=cfg.n_times, seed=cfg.seed),
+        "test": dict(n_trajectories=cfg.n_test_trajectories, n_times=20, seed=cfg.seed + 1000),
+    }
+    out = []
+    for name, spec in specs.items():
+        path = cache / f"{name}-{cfg.nlat}x{cfg.nlon}-{spec['n_trajectories']}x{spec['n_times']}-seed{spec['seed']}.nc" if cache else None
+        if path is not None and path.is_file():
+            out.append(xr.load_dataset(path))
+            continue
+        ds = generate_shallow_water(**spec, **grid)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.to_netcdf(path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+        out.append(ds)
+    return out[0], out[1]
+
+
+def train_demo(cfg: DemoConfig, out: Path, threads: int = 1, init: Path | None = None, cache: Path | None = None) -> dict:
+    """Generate data, train, evaluate, and save ``out.safetensors`` + ``out.json``; return the skill dict.
+
+    ``init``: start from this checkpoint's weights and normalisation (continued training);
+    ``cache``: directory where the generated trajectories are kept between runs.
+    """
     torch.set_num_threads(threads)
     t0 = time.time()
-    grid = dict(nlat=cfg.nlat, nlon=cfg.nlon, progress=False)
-    train = generate_shallow_water(n_trajectories=cfg.n_trajectories, n_times=cfg.n_times, seed=cfg.seed, **grid)
-    test = generate_shallow_water(n_trajectories=cfg.n_test_trajectories, n_times=20, seed=cfg.seed + 1000, **grid)
+    train, test = _data(cfg, cache)
     log.info("generated %d training and %d test times in %.0f s", train.sizes["time"], test.sizes["time"], time.time() - t0)
     t_data = time.time() - t0
     variables = ["z", "u", "v"]
@@ -122,6 +146,12 @@ def train_demo(cfg: DemoConfig, out: Path, threads: int = 1) -> dict:
     )
     torch.manual_seed(cfg.seed)
     model = build_sfno(meta.model)
+    history = []
+    if init is not None:
+        from .sfno import load_sfno
+
+        model, meta = load_sfno(init)
+        history = meta.extra.get("history", []) + [{k: meta.extra.get(k) for k in ("train_config", "seconds_train")}]
     mean, std, tstd = meta.vector("mean"), meta.vector("std"), meta.vector("tendency_std")
     xin, target = (x[idx] - mean) / std, dx / tstd
     w = torch.cos(torch.deg2rad(torch.tensor(np.array(train["lat"].values), dtype=torch.float32))).reshape(1, 1, -1, 1)
@@ -147,12 +177,79 @@ def train_demo(cfg: DemoConfig, out: Path, threads: int = 1) -> dict:
         "train_data": f"generate_shallow_water(nlat={cfg.nlat}, nlon={cfg.nlon}, n_trajectories={cfg.n_trajectories}, n_times={cfg.n_times}, seed={cfg.seed})",
         "test_data": f"generate_shallow_water(nlat={cfg.nlat}, nlon={cfg.nlon}, n_trajectories={cfg.n_test_trajectories}, n_times=20, seed={cfg.seed + 1000})",
         "train_config": cfg.__dict__,
+        "history": history,
         "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1), "torch_threads": threads,
         "skill": {k: {str(ld): round(s, 4) for ld, s in v.items()} for k, v in skill.items()},
     }
     save_sfno(out, model, meta)
     log.info("saved %s; skill %s", out, {k: skill[k] for k in variables})
     return skill
+
+
+def _history(extra: dict) -> str:
+    runs = extra.get("history") or []
+    if not runs:
+        return ""
+    parts = [f"{r['train_config']['steps']} steps at lr {r['train_config']['lr']} ({r['seconds_train']:.0f} s)" for r in runs]
+    return f"* Continued training: the steps above follow earlier run(s) on the same data: {'; '.join(parts)}.\n"
+
+
+def write_model_card(checkpoint: Path) -> Path:
+    """Write ``<checkpoint>.MODEL_CARD.md`` from the metadata (config, skill) in ``<checkpoint>.json``."""
+    import json
+
+    stem = Path(checkpoint).with_suffix("") if Path(checkpoint).suffix else Path(checkpoint)
+    rec = json.loads(stem.with_suffix(".json").read_text())
+    ex, m = rec["extra"], rec["model"]
+    size_kb = stem.with_suffix(".safetensors").stat().st_size / 1024
+    rows = []
+    for var in rec["variables"]:
+        for lead, skill in ex["skill"][var].items():
+            rows.append(
+                f"| {var} | {lead} | {ex['skill'][f'rmse_{var}'][lead]:.4g} | "
+                f"{ex['skill'][f'rmse_persistence_{var}'][lead]:.4g} | {skill:+.2f} |"
+            )
+    text = f"""# Model card: {rec['model_id']}
+
+A small Spherical Fourier Neural Operator (torch-harmonics `SphericalFourierNeuralOperator`)
+trained on CPU by `python -m sciinterp_adapters.weather.train_demo` on shallow-water
+trajectories from `sciinterp_adapters.weather.shallow_water.generate_shallow_water`.
+It exists so that sciinterp's weather path (harvest, SAE, features, interventions) runs on a
+model that has learnt real dynamics, without downloading weights.  It is not a weather model.
+
+* Files: `{stem.name}.safetensors` (state dict, {size_kb:.0f} KB) + `{stem.name}.json`
+  (architecture, variables, normalisation, this card's numbers).
+* Architecture: img_size {m['img_size']}, embed_dim {m['embed_dim']}, num_layers {m['num_layers']},
+  scale_factor {m['scale_factor']} (blocks 0-{m['num_layers'] - 2} on the {m['grid_internal']} internal grid),
+  {ex['n_params']:,} parameters.
+* Inputs/outputs: {', '.join(rec['variables'])} (geopotential m2 s-2, winds m s-1) on the
+  {m['img_size'][0]}x{m['img_size'][1]} equiangular grid (poles included), one step = {rec['step_hours']} h.
+* Target: the 6-hour change divided by its standard deviation (`tendency_std`); inputs are
+  standardised with per-variable `mean`/`std`.  (Predicting the standardised next state instead
+  was reported to lose to persistence; not re-measured here.)
+* Training data: `{ex['train_data']}` (2-day spin-up, 6-hourly); {rec['extra']['train_config']['steps']}
+  AdamW steps of batch {rec['extra']['train_config']['batch_size']}, one-cycle learning rate
+  {rec['extra']['train_config']['lr']}, latitude-weighted MSE; {ex['seconds_train']:.0f} s of training
+  with {ex['torch_threads']} torch thread on a shared 2-core machine (data generation {ex['seconds_data']:.0f} s).
+{_history(ex)}* Test data: `{ex['test_data']}` (other seed: unseen jets and eddies), every initial time with 48 h of truth.
+
+## Skill against persistence (held-out trajectories)
+
+Latitude-weighted RMSE (cos-latitude weights normalised to mean 1) of the autoregressive forecast
+and of persistence (the initial state), and skill = 1 - RMSE / RMSE_persistence.
+
+| variable | lead (h) | RMSE model | RMSE persistence | skill |
+| --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+## Limits
+Trained on one idealised system (single-layer shallow water, no forcing); errors grow with lead
+time and skill beyond 48 h was not measured.  Use it to exercise and test the tooling, not to
+draw conclusions about real atmospheric models.
+"""
+    path = stem.parent / f"{stem.name}.MODEL_CARD.md"
+    path.write_text(text)
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,10 +259,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-trajectories", type=int, default=DemoConfig.n_trajectories)
     ap.add_argument("--n-times", type=int, default=DemoConfig.n_times)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--card-only", action="store_true", help="only (re)write the model card of --out")
+    ap.add_argument("--init", type=Path, default=None, help="continue training from this checkpoint")
+    ap.add_argument("--cache", type=Path, default=None, help="directory keeping the generated trajectories")
+    ap.add_argument("--lr", type=float, default=DemoConfig.lr)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = DemoConfig(steps=args.steps, n_trajectories=args.n_trajectories, n_times=args.n_times)
-    train_demo(cfg, args.out, threads=args.threads)
+    if args.card_only:
+        log.info("wrote %s", write_model_card(args.out))
+        return
+    cfg = DemoConfig(steps=args.steps, n_trajectories=args.n_trajectories, n_times=args.n_times, lr=args.lr)
+    train_demo(cfg, args.out, threads=args.threads, init=args.init, cache=args.cache)
+    log.info("wrote %s", write_model_card(args.out))
 
 
 if __name__ == "__main__":
