@@ -323,3 +323,29 @@ def edit_residues(
                "edited_tokens": st.edited_tokens},
     )
     return out
+
+
+def run_interventions(adapter: Any, sae: Any, data: Any, cfg: Any, mean: torch.Tensor | None = None) -> xr.Dataset:
+    """What :func:`sciinterp.intervene.intervene` runs for ESM-2: faithfulness and one residue edit.
+
+    ``cfg`` is an :class:`~sciinterp.intervene.InterveneConfig`.  Faithfulness variables are
+    prefixed ``faith_``; the edit (when ``cfg.features``) adds :func:`edit_residues`' variables.
+    """
+    recs = _sequences(data)
+    if cfg.max_items:
+        recs = recs[: cfg.max_items]
+    out = xr.Dataset(attrs={"domain": "protein", "hook": cfg.hook})
+    if cfg.faithfulness:
+        f = masked_lm_faithfulness(adapter, dict(recs), cfg.hook, sae, mean=mean, mask_frac=cfg.mask_frac,
+                                   seed=cfg.seed, per_position=cfg.per_position)
+        out = out.assign({f"faith_{k}": ((), float(v)) for k, v in f._asdict().items()})
+    if cfg.features:
+        by_id = dict(_sequences(data))
+        pid = cfg.protein or recs[0][0]
+        if pid not in by_id:
+            raise ValueError(f"protein {pid!r} is not in the data (first ids: {list(by_id)[:5]})")
+        edit = edit_residues(adapter, by_id[pid], cfg.hook, sae, [FeatureEdit(list(cfg.features), cfg.op, cfg.value)],
+                             residues=tuple(cfg.residues) if cfg.residues else None, keep_error=cfg.keep_error, protein=pid)
+        out = out.merge(edit, combine_attrs="no_conflicts")
+        out.attrs.update(edit.attrs)
+    return out

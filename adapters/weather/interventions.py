@@ -269,7 +269,7 @@ def edit_forecast(
     xarray.Dataset
         ``<var>_clean``, ``<var>_edited``, ``<var>_diff`` ``(time, lead, lat, lon)``; ``rmse_diff
         (variable, lead)`` (latitude-weighted RMS of the difference); for shallow-water states
-        ``mass``/``energy`` ``(run, time, lead)`` and the :func:`conservation` summary
+        ``mass``/``energy`` ``(forecast, time, lead)`` and the :func:`conservation` summary
         (``mass_change``, ``mass_drift``, ``mass_ratio`` and the same for energy, per lead).
     """
     if level is not None:
@@ -332,13 +332,13 @@ def conservation(init: xr.Dataset, edit: xr.Dataset) -> xr.Dataset:
 
     ``<q>_change (lead)``: mean over initial times of |Q_edited − Q_clean|;
     ``<q>_drift (lead)``: mean of |Q_clean(lead) − Q(initial state)|, floored at 1e-7 |Q|;
-    ``<q>_ratio = change / max over leads of drift``.  Also ``mass``/``energy`` ``(run, time, lead)``.
+    ``<q>_ratio = change / max over leads of drift``.  Also ``mass``/``energy`` ``(forecast, time, lead)``.
     """
     b0 = shallow_water_budgets(init["z"], init["u"], init["v"])
     runs = {r: shallow_water_budgets(edit[f"z_{r}"], edit[f"u_{r}"], edit[f"v_{r}"]) for r in ("clean", "edited")}
     out = xr.Dataset()
     for q in ("mass", "energy"):
-        out[q] = xr.concat([runs["clean"][q], runs["edited"][q]], dim=xr.DataArray(["clean", "edited"], dims="run"))
+        out[q] = xr.concat([runs["clean"][q], runs["edited"][q]], dim=xr.DataArray(["clean", "edited"], dims="forecast"))
         change = abs(runs["edited"][q] - runs["clean"][q]).mean("time")
         drift = abs(runs["clean"][q] - b0[q].values[:, None]).mean("time")
         drift = np.maximum(drift, 1e-7 * float(abs(b0[q]).mean()))
@@ -367,3 +367,27 @@ def hydrostatic_thickness_error(z: xr.DataArray, t: xr.DataArray, top: float = 5
     err = dz - R_DRY * tbar / g * np.log(bottom / top)
     w = xr.DataArray(_weights(z["lat"].values), dims="lat", coords={"lat": z["lat"]})
     return np.sqrt((err**2).weighted(w).mean(("lat", "lon"))).assign_attrs(units="m")
+
+
+def run_interventions(adapter: Any, sae: Any, data: Any, cfg: Any, mean: torch.Tensor | None = None) -> xr.Dataset:
+    """What :func:`sciinterp.intervene.intervene` runs for SFNO-like adapters: faithfulness and one edit.
+
+    Faithfulness variables are prefixed ``faith_`` (``faith_rmse_truth (run, variable, lead)`` ...);
+    the edit (when ``cfg.features``) adds :func:`edit_forecast`' variables.
+    """
+    out = xr.Dataset(attrs={"domain": "weather", "hook": cfg.hook})
+    if cfg.features:  # validate the request before the long faithfulness runs
+        if cfg.lead is not None:
+            lead_step(adapter, cfg.lead, cfg.n_steps)
+        box_mask(adapter, adapter.grid, cfg.lat, cfg.lon)
+    if cfg.faithfulness:
+        f = forecast_faithfulness(adapter, data, cfg.hook, sae, n_steps=cfg.n_steps, mean=mean, max_times=cfg.max_items)
+        out = out.merge(f.rename({k: f"faith_{k}" for k in f.data_vars}))
+        out.attrs["faith_fve"] = f.attrs["fve"]
+    if cfg.features:
+        edit = edit_forecast(adapter, data, cfg.hook, sae, [FeatureEdit(list(cfg.features), cfg.op, cfg.value)],
+                             lat=tuple(cfg.lat) if cfg.lat else None, lon=tuple(cfg.lon) if cfg.lon else None,
+                             level=cfg.level, lead=cfg.lead, n_steps=cfg.n_steps, keep_error=cfg.keep_error, max_times=1)
+        out = out.merge(edit.drop_vars([v for v in edit.data_vars if v.endswith(("_clean", "_edited"))]))
+        out.attrs.update(edit.attrs)
+    return out
