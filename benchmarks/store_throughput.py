@@ -10,8 +10,10 @@ Usage::
 
     nice -n 10 .venv/bin/python benchmarks/store_throughput.py [--mb 256] [--dims 320 1280]
 
-MB are of float32 rows (``rows * d * 4``), whatever the on-disk dtype.  Results are
-printed and written as JSON to ``benchmarks/results/store_throughput.json``.
+MB are of float32 rows (``rows * d * 4``), whatever the on-disk dtype.  Wall-clock
+figures depend on what else runs on the machine; CPU figures (``time.process_time``,
+all threads of the process) are steadier.  Results are printed and written as JSON
+to ``benchmarks/results/store_throughput.json``.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ print(json.dumps({"rows": n, "base_rss": base, "peak_rss": peak}))
 """
 
 
-def write_store(path: Path, n_rows: int, d: int, dtype: str, chunk_rows: int, compression: str = "zstd") -> float:
-    """Write ``n_rows`` random rows; return seconds spent in the writer."""
+def write_store(
+    path: Path, n_rows: int, d: int, dtype: str, chunk_rows: int, compression: str = "zstd"
+) -> tuple[float, float]:
+    """Write ``n_rows`` random rows; return (wall, CPU) seconds spent in the writer."""
     rng = np.random.default_rng(0)
     pool = torch.from_numpy(rng.standard_normal((8 * ITEM_ROWS, d), dtype=np.float32))
-    t = 0.0
+    t = c = 0.0
     with StoreWriter(path, dtype=dtype, chunk_rows=chunk_rows, compression=compression) as w:
         for i, start in enumerate(range(0, n_rows, ITEM_ROWS)):
             m = min(ITEM_ROWS, n_rows - start)
@@ -63,18 +67,19 @@ def write_store(path: Path, n_rows: int, d: int, dtype: str, chunk_rows: int, co
                 {"item": np.full(m, f"p{i}"), "position": np.arange(1, m + 1)},
                 [f"p{i}"],
             )
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             w.append(batch)
-            t += time.perf_counter() - t0
-        t0 = time.perf_counter()
-    return t + time.perf_counter() - t0
+            t, c = t + time.perf_counter() - t0, c + time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
+    return t + time.perf_counter() - t0, c + time.process_time() - c0
 
 
-def read_pass(src: StoreSource, shuffle: bool, batch_size: int = 4096) -> float:
-    t0 = time.perf_counter()
+def read_pass(src: StoreSource, shuffle: bool, batch_size: int = 4096) -> tuple[float, float]:
+    """One pass; return (wall, CPU) seconds (CPU of all threads: the prefetch thread, zarr's)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     n = sum(len(b) for b in src.batches(batch_size, seed=0, shuffle=shuffle))
     assert n == src.n_rows
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -96,22 +101,23 @@ def main() -> None:
             n = int(args.mb * 2**20 / (4 * d))
             mb = n * d * 4 / 2**20
             path = scratch / f"d{d}.zarr"
-            tw = write_store(path, n, d, args.dtype, args.chunk_rows, args.compression)
+            tw, cw = write_store(path, n, d, args.dtype, args.chunk_rows, args.compression)
             disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-            row = {"rows": n, "mb": mb, "disk_mb": disk, "write_s": tw}
+            row = {"rows": n, "mb": mb, "disk_mb": disk, "write_s": tw, "write_cpu_s": cw}
             for label, shuffle, prefetch in [("read_shuffled", True, True), ("read_shuffled_noprefetch", True, False),
                                              ("read_sequential", False, True)]:  # fmt: skip
                 src = StoreSource(path, prefetch=prefetch)
-                row[label + "_s"] = read_pass(src, shuffle)
+                row[label + "_s"], row[label + "_cpu_s"] = read_pass(src, shuffle)
             results["dims"][d] = row
             print(f"d={d}: {n} rows, {mb:.0f} MB float32 ({disk:.0f} MB on disk, {args.dtype}, {args.compression})")
+            print(f"  {'':<26} {'wall rows/s':>12} {'wall MB/s':>10} {'CPU rows/s':>12} {'CPU MB/s':>10}")
             for key in ("write", "read_shuffled", "read_shuffled_noprefetch", "read_sequential"):
-                s = row[f"{key}_s"]
-                print(f"  {key:<26} {n / s:>10,.0f} rows/s {mb / s:>8.1f} MB/s")
+                s, c = row[f"{key}_s"], row[f"{key}_cpu_s"]
+                print(f"  {key:<26} {n / s:>12,.0f} {mb / s:>10.1f} {n / c:>12,.0f} {mb / c:>10.1f}")
             shutil.rmtree(path)
         # memory: a store 10x the shuffle buffer, streamed by a fresh process
         d = args.dims[0]
-        buffer_rows = int(args.buffer_mb * 2**20 / (4 * d))
+        buffer_rows = max(int(args.buffer_mb * 2**20 / (4 * d)), args.chunk_rows)  # a window holds whole chunks
         n = 10 * buffer_rows
         path = scratch / "mem.zarr"
         write_store(path, n, d, args.dtype, args.chunk_rows)
