@@ -190,3 +190,23 @@ def test_bad_inputs(ds):
         next(ad.harvest(ds, ["block9"]))
     with pytest.raises(ValueError, match=r"lacks variables \['v'\]"):
         SFNOMeta(model={"in_chans": 3}, variables=VARS, mean={"z": 0, "u": 0}, std={"z": 1, "u": 1, "v": 1})
+
+
+def test_prefetch_thread_same_batches_errors_and_early_close(ds):
+    import threading
+
+    eager = list(tiny_adapter(n_steps=2, batch_size=2, prefetch=0).harvest(ds, ["block1"]))
+    ahead = list(tiny_adapter(n_steps=2, batch_size=2, prefetch=2).harvest(ds, ["block1"]))
+    assert [b.items for b in eager] == [b.items for b in ahead]
+    for a, b in zip(eager, ahead):
+        torch.testing.assert_close(a.acts["block1"], b.acts["block1"])
+    ad = tiny_adapter(meta=tiny_meta(scale_factor=2), prefetch=2)
+    with pytest.raises(ValueError, match="different grids"):  # raised in the thread, re-raised here
+        list(ad.harvest(ds, ["block0", "decoder"]))
+    gen = tiny_adapter(n_steps=2, batch_size=1, prefetch=1).harvest(ds, ["block1"])
+    next(gen)
+    gen.close()
+    assert not any(t.name == "sciinterp-sfno-prefetch" for t in threading.enumerate())
+    ad = tiny_adapter(prefetch=1)
+    list(ad.harvest(ds, ["block1"]))
+    assert not ad.model.blocks[1]._forward_hooks  # hooks removed after the thread finished

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +190,50 @@ def item_key(time: str, lead: int) -> str:
     return f"{time}/+{lead}h"
 
 
+def _prefetched(batches: Iterator[TokenBatch], depth: int) -> Iterator[TokenBatch]:
+    """Run the generator ``batches`` in a background thread, at most ``depth`` items ahead.
+
+    Errors in the thread are re-raised here; closing this generator stops the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop, done = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    if not put(batch):
+                        break
+            put(done)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            put(err)
+        finally:
+            batches.close()
+
+    thread = threading.Thread(target=work, name="sciinterp-sfno-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def iso_times(ds: xr.Dataset) -> list[str]:
     """ISO 8601 strings (seconds) of ``ds.time``."""
     return [str(np.datetime_as_string(t, unit="s")) for t in np.atleast_1d(ds["time"].values)]
@@ -211,6 +257,8 @@ class SFNOAdapter:
         Torch device; activations are moved to CPU as float32.
     autocast
         Run the network under ``torch.autocast(device, bfloat16)`` (GPU).
+    prefetch
+        Batches computed ahead in a background thread while the consumer writes (0: no thread).
     """
 
     name = "sfno"
@@ -225,6 +273,7 @@ class SFNOAdapter:
         batch_size: int = 4,
         device: str = "cpu",
         autocast: bool = False,
+        prefetch: int = 2,
     ):
         if model is not None:
             if meta is None:
@@ -240,6 +289,7 @@ class SFNOAdapter:
         self.n_steps, self.batch_size = int(n_steps), int(batch_size)
         self.device = torch.device(device)
         self.autocast = bool(autocast)
+        self.prefetch = int(prefetch)
         self.model = self.model.to(self.device).eval()
         self._norm = {k: self.meta.vector(k).to(self.device) for k in ("mean", "std")}
         if self.meta.target == "tendency":
@@ -377,20 +427,27 @@ class SFNOAdapter:
         )
 
     # -- harvest -------------------------------------------------------------
-    @torch.inference_mode()
     def harvest(self, data: Any, hooks: Sequence[str], *, skip: Collection[str] = ()) -> Iterator[TokenBatch]:
         """Yield one :class:`TokenBatch` per (batch of initial times, lead) with activations at ``hooks``.
 
         Tokens are ordered item by item (initial time, then lat north→south, then lon);
         coordinates: ``time`` (initial time, ISO), ``lead`` (h), ``level`` (NaN), ``lat``,
         ``lon``, ``area_weight``.  Items in ``skip`` are not yielded (a rollout still runs
-        through them when a later lead is needed).
+        through them when a later lead is needed).  With ``prefetch > 0`` the rollouts run
+        in a background thread, up to ``prefetch`` batches ahead of the consumer (the store
+        writes then overlap the model's forward passes).
         """
         modules = self._modules()
         unknown = [h for h in hooks if h not in modules]
         if unknown or not hooks:
             raise ValueError(f"unknown hooks {unknown or hooks}; this adapter has {list(modules)}")
         ds = self.prepare(data)
+        batches = self._rollouts(ds, list(hooks), skip)
+        yield from (_prefetched(batches, self.prefetch) if self.prefetch else batches)
+
+    @torch.inference_mode()
+    def _rollouts(self, ds: xr.Dataset, hooks: list[str], skip: Collection[str]) -> Iterator[TokenBatch]:
+        modules = self._modules()
         times = iso_times(ds)
         leads = [self.meta.step_hours * k for k in range(1, self.n_steps + 1)]
         todo = [i for i, t in enumerate(times) if any(item_key(t, ld) not in skip for ld in leads)]
