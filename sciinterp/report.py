@@ -23,7 +23,7 @@ import xarray as xr
 
 from sciinterp import plot
 
-__all__ = ["build_report", "strongest_links"]
+__all__ = ["build_report", "interventions_section", "strongest_links"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ def build_report(
     alpha: float = 0.05,
     title: str = "sciinterp report",
     describe: Callable[[xr.Dataset, int, float], str] | None = None,
+    interventions: xr.Dataset | None = None,
 ) -> Path:
     """Write ``<out_dir>/index.html`` and return its path.
 
@@ -137,6 +138,9 @@ def build_report(
         Protein id -> sequence / DSSP string, for residue tracks.
     n_cards
         Cards for the features with the strongest significant links (plus the discovery queue).
+    interventions
+        Results of :func:`sciinterp.intervene.intervene` (``interventions.nc``), shown in a
+        section of their own (:func:`interventions_section`).
     """
     describe = describe or _describe
     out = Path(out_dir)
@@ -173,6 +177,8 @@ def build_report(
         parts.append(f"<p class='desc'>{html.escape(text)}</p>")
         parts.extend(_feature_pictures(features, feature, sequences, secondary))
         parts.append("<h4>Top examples</h4>" + _top_examples_table(summary, feature, 10) + "</section>")
+    if interventions is not None:
+        parts.append(interventions_section(interventions))
     parts.append("</body></html>")
 
     path = out / "index.html"
@@ -181,3 +187,41 @@ def build_report(
     os.replace(tmp, path)
     log.info("report written to %s (%d cards)", path, len(linked) + len(queue))
     return path
+
+
+def interventions_section(results: xr.Dataset) -> str:
+    """HTML fragment of an interventions result (:func:`sciinterp.intervene.intervene`): tables and figures."""
+    from sciinterp.intervene import intervention_figures
+
+    domain = results.attrs.get("domain", "")
+    parts = [f"<section id='interventions'><h2>Interventions at {html.escape(str(results.attrs.get('hook', '')))}</h2>"]
+    scalars = {k[len("faith_"):]: float(v) for k, v in results.data_vars.items() if k.startswith("faith_") and v.ndim == 0}
+    if scalars:
+        parts.append("<h3>Faithfulness (SAE spliced into the forward pass)</h3>"
+                     + pd.Series(scalars, name="value").to_frame().to_html(float_format=lambda v: f"{v:.4g}", border=0))
+    if "faith_recovered" in results:
+        rec = results["faith_recovered"].to_pandas()
+        parts.append("<h3>Forecast loss recovered (1 − MSE(SAE, clean) / MSE(mean-ablated, clean)) by lead (h)</h3>"
+                     + rec.to_html(float_format=lambda v: f"{v:.4g}", border=0))
+    figs = intervention_figures(results)
+    if "faithfulness" in figs:
+        parts.append(_img(figs["faithfulness"], "faithfulness"))
+    if "edits" in results.attrs:
+        where = {"protein": f"protein {results.attrs.get('protein')}, residues {results.attrs.get('residues')}",
+                 "weather": f"lat {results.attrs.get('lat')}, lon {results.attrs.get('lon')}, leads {results.attrs.get('edit_leads')}"}
+        parts.append(f"<h3>Edit: {html.escape(str(results.attrs['edits']))} at {html.escape(where.get(domain, ''))}</h3>")
+        if "edit" in figs:
+            parts.append(_img(figs["edit"], "edit effect"))
+        keys = [k for k in ("mass_change", "mass_drift", "mass_ratio", "energy_change", "energy_drift", "energy_ratio")
+                if k in results]
+        if keys:
+            table = pd.DataFrame({k: results[k].to_pandas() for k in keys})
+            parts.append("<h4>Physical consistency (ratio = change caused by the edit / the clean forecast's own drift;"
+                         " ≲ 1 moves weather, ≫ 1 breaks the balance)</h4>"
+                         + table.to_html(float_format=lambda v: f"{v:.3g}", border=0))
+        if "kl" in results:
+            top = results["kl"].to_pandas().sort_values(ascending=False).head(10)
+            parts.append("<h4>Residues with the largest KL(clean ‖ edited)</h4>"
+                         + top.to_frame("KL (nats)").to_html(float_format=lambda v: f"{v:.3g}", border=0))
+    parts.append("</section>")
+    return "\n".join(parts)
