@@ -1,7 +1,8 @@
 """Weather models (SFNO, FourCastNet-v2, Aurora) and physical variables.
 
 Imports are lazy: ``import sciinterp_adapters.weather`` loads neither torch-harmonics nor
-``microsoft-aurora``; ``SFNOAdapter`` / ``AuroraAdapter`` load their module on first use.
+``microsoft-aurora``; ``SFNOAdapter`` / ``FourCastNetV2Adapter`` / ``AuroraAdapter`` load their
+module on first use, and a missing optional dependency raises an ImportError naming the fix.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["AuroraAdapter", "SFNOAdapter", "generate_shallow_water"]
+__all__ = ["AuroraAdapter", "FourCastNetV2Adapter", "SFNOAdapter", "generate_shallow_water"]
 
 _LAZY = {
     "SFNOAdapter": ".sfno",
     "AuroraAdapter": ".aurora",
+    "FourCastNetV2Adapter": ".fcn2",
     "generate_shallow_water": ".shallow_water",
 }
 
