@@ -67,7 +67,8 @@ class ArraySource:
             except ValueError as err:
                 raise ValueError(f"{path} is not a .npy array: {err}") from err
         if isinstance(data, torch.Tensor):
-            data = data.detach().cpu().numpy()
+            data = data.detach().cpu()
+            data = (data.float() if data.dtype == torch.bfloat16 else data).numpy()  # numpy has no bfloat16
         if data.ndim != 2:
             raise ValueError(f"activation array {self.origin} has shape {data.shape}, expected (N, d)")
         if data.dtype.kind != "f":
@@ -85,6 +86,8 @@ class ArraySource:
     def batches(
         self, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_row: int = 0
     ) -> Iterator[torch.Tensor]:
+        if batch_size < 1 or start_row < 0:
+            raise ValueError(f"need batch_size >= 1 and start_row >= 0, got {batch_size} and {start_row}")
         n = self.n_rows
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         for i in range(start_row, n, batch_size):

@@ -159,3 +159,13 @@ def test_streaming_memory_stays_bounded_by_the_buffer(tmp_path):
     assert m["traced_peak"] < 2 * buffer_bytes + 6 * chunk_bytes + (1 << 20) < store_bytes / 5, m
     # resident memory of the whole process (zarr, codecs, allocator slack) while streaming
     assert m["rss_growth"] < 2 * buffer_bytes + 6 * chunk_bytes + (8 << 20) < store_bytes / 3, m
+
+
+def test_array_source_accepts_bf16_tensors_and_resumes(rows):
+    x = torch.from_numpy(rows).to(torch.bfloat16)
+    src = as_source(x)
+    got = _cat(src.batches(100, shuffle=False))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, x.float().numpy())
+    full = list(src.batches(64, seed=5))
+    assert all(torch.equal(a, b) for a, b in zip(src.batches(64, seed=5, start_row=64 * 4), full[4:]))
