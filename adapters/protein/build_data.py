@@ -149,7 +149,7 @@ def build_structures(work: Path, min_residues: int, max_atoms_mb: float) -> dict
             continue
         for rec in recs:
             stats["chains_seen"] += 1
-            n_obs = rec.meta["n_observed"]
+            n_obs = len(rec.ss8) - rec.ss8.count("-")  # residues with a DSSP state
             if n_obs < min_residues or rec.sequence.count("X") > 0.1 * len(rec.sequence):
                 stats["chains_short"] += 1
                 continue
@@ -287,7 +287,7 @@ def check_mkdssp(work: Path, mkdssp: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=Path("/tmp/protsrc"), help="download/unpack folder")
-    p.add_argument("--min-residues", type=int, default=20, help="drop chains with fewer observed residues")
+    p.add_argument("--min-residues", type=int, default=20, help="drop chains with fewer residues that have a DSSP state")
     p.add_argument("--max-file-mb", type=float, default=15.0, help="skip larger structure files")
     p.add_argument("--mkdssp", help="path of an mkdssp binary to check DSSP agreement")
     p.add_argument("--fresh", action="store_true", help="ignore the per-file cache in --work/cache")

@@ -147,3 +147,8 @@ def load_demo_dataset(*, max_length: int | None = None) -> DemoDataset:
     recs = [(r.id, r.sequence) for r in read_records().values()
             if max_length is None or len(r.sequence) <= max_length]
     return DemoDataset(recs, structure_labels_from_shipped)
+
+
+def demo_records(max_length: int | None = 1022) -> list[tuple[str, str]]:
+    """``(id, sequence)`` of the shipped structure chains (the protein demo's harvest input)."""
+    return load_demo_dataset(max_length=max_length).records
