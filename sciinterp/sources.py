@@ -159,10 +159,12 @@ class StoreSource:
             part_hooks = sorted(n for n in rec["arrays"] if group[n].ndim == 2)
             if hooks is None:
                 hooks = part_hooks
+                if not hooks:
+                    raise StoreError(f"{part} holds no activations yet (nothing committed)")
                 if hook is None and len(hooks) != 1:
                     raise StoreError(
                         f"{self.path} holds {len(hooks)} hooks {hooks}; choose one with hook=..., "
-                        f"e.g. as_source({str(self.path)!r}, hook={hooks[0] if hooks else 'name'!r})"
+                        f"e.g. as_source({str(self.path)!r}, hook={hooks[0]!r})"
                     )
                 hook = hook or hooks[0]
                 if hook not in hooks:

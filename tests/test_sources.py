@@ -112,6 +112,9 @@ def test_as_source_dispatch_and_errors(tmp_path, rows):
     assert as_source(path, hook="layer2").hook == "layer2"
     with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
         as_source(tmp_path / "missing.npy")
+    StoreWriter(tmp_path / "nothing.zarr").close()
+    with pytest.raises(StoreError, match="nothing.zarr holds no activations yet"):
+        as_source(tmp_path / "nothing.zarr")
     (tmp_path / "empty").mkdir()
     with pytest.raises(StoreError, match="empty is not a sciinterp activation store"):
         as_source(tmp_path / "empty")
