@@ -9,6 +9,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 EXTRAS  ?= all
 OUT     ?= runs/demo
+DEMO    ?= demo
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-slow install clean
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/sciinterp run experiment=demo out=$(OUT)
+	$(VENV)/bin/sciinterp run experiment=$(DEMO) out=$(OUT)
 
 # pytest exits 5 when no test is collected: not a failure
 test: $(STAMP)
