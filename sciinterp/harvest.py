@@ -75,6 +75,7 @@ def harvest_to_store(
     *,
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     chunk_rows: int = 8192,
+    flush_rows: int | None = None,
     nonfinite: Literal["error", "drop"] = "error",
     compression: Literal["zstd", "none"] = "zstd",
     attrs: Mapping[str, Any] | None = None,
@@ -91,7 +92,7 @@ def harvest_to_store(
         Hook names, a subset of ``adapter.hook_names()``.
     path
         Store directory.  An existing store is resumed: its committed items are skipped.
-    dtype, chunk_rows, nonfinite, compression
+    dtype, chunk_rows, flush_rows, nonfinite, compression
         See :class:`~sciinterp.store.StoreWriter`.
     attrs
         Extra provenance (e.g. ``{"config": resolved_config}``), added to the store's
@@ -133,7 +134,8 @@ def harvest_to_store(
         **dict(attrs or {}),
     }
     writer = StoreWriter(
-        target, dtype=dtype, chunk_rows=chunk_rows, attrs=record, nonfinite=nonfinite, compression=compression
+        target, dtype=dtype, chunk_rows=chunk_rows, flush_rows=flush_rows, attrs=record, nonfinite=nonfinite,
+        compression=compression,
     )
     skip = _Skip(writer.done_items, rank, world)
     bar = tqdm(desc=f"harvest {adapter.name}", unit="tok", initial=writer.n_rows, disable=not progress)

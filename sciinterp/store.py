@@ -94,7 +94,11 @@ class StoreWriter:
     dtype
         On-disk activation dtype; ``bfloat16`` is stored as ``uint16`` bits.
     chunk_rows
-        Rows per zarr chunk along ``token``; also the flush size.
+        Rows per zarr chunk along ``token``.
+    flush_rows
+        Rows buffered before they are written and committed.  Default: whole
+        chunks up to about 64 MiB (1 to 4 chunks), so the partly filled last
+        chunk, which every flush reads back and rewrites, is a small share.
     attrs
         Provenance written into the store's attributes (adapter, model, hooks,
         data source, resolved config...).  On resume, ``model_checksum``,
@@ -114,6 +118,7 @@ class StoreWriter:
         *,
         dtype: Dtype = "float32",
         chunk_rows: int = 8192,
+        flush_rows: int | None = None,
         attrs: Mapping[str, Any] | None = None,
         nonfinite: Literal["error", "drop"] = "error",
         compression: Literal["zstd", "none"] = "zstd",
@@ -125,8 +130,9 @@ class StoreWriter:
             raise ValueError(f"dtype must be one of {sorted(_NUMPY_DTYPE)}, got {dtype!r}")
         if nonfinite not in ("error", "drop"):
             raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if chunk_rows < 1 or (flush_rows is not None and flush_rows < 1):
+            raise ValueError(f"chunk_rows and flush_rows must be >= 1, got {chunk_rows} and {flush_rows}")
+        self.flush_rows = flush_rows
         self.path = Path(path)
         self.dtype = dtype
         self.chunk_rows = int(chunk_rows)
@@ -204,7 +210,7 @@ class StoreWriter:
         return self.commit["n_rows"] + self._buffered_rows
 
     def append(self, batch: TokenBatch) -> None:
-        """Check and buffer one batch; flushes whenever ``chunk_rows`` rows are waiting."""
+        """Check and buffer one batch; flushes whenever ``flush_rows`` rows are waiting."""
         dup = self._done.intersection(batch.items)
         if dup:
             raise StoreError(f"{self.path}: items already stored: {sorted(dup)[:5]}")
@@ -218,7 +224,10 @@ class StoreWriter:
         self._buffer.append(rows)
         self._buffered_rows += len(next(iter(rows.acts.values())))
         self._done.update(batch.items)
-        if self._buffered_rows >= self.chunk_rows:
+        if self.flush_rows is None:
+            row_bytes = sum(a.shape[1] * a.itemsize for a in rows.acts.values())
+            self.flush_rows = self.chunk_rows * max(1, min(4, (64 << 20) // max(1, self.chunk_rows * row_bytes)))
+        if self._buffered_rows >= self.flush_rows:
             self.flush()
 
     def _check_schema(self, batch: TokenBatch) -> None:

@@ -110,6 +110,19 @@ def test_bf16_rounding_matches_torch_on_edge_values():
     assert np.isnan((got[np.isnan(x)].astype(np.uint32) << 16).view(np.float32)).all()
 
 
+def test_flush_size_defaults_to_whole_chunks_up_to_64mib(tmp_path):
+    w = StoreWriter(tmp_path / "a.zarr", chunk_rows=8)
+    w.append(_batch(3, d=4))
+    assert w.flush_rows == 32  # 4 chunks: tiny rows
+    w = StoreWriter(tmp_path / "b.zarr", chunk_rows=8192)
+    w.append(TokenBatch({"h": torch.zeros(2, 1280)}, {"i": np.arange(2)}, ["a"]))
+    assert w.flush_rows == 8192  # one 40 MiB chunk
+    w = StoreWriter(tmp_path / "c.zarr", chunk_rows=8, flush_rows=8)
+    for i in range(3):
+        w.append(_batch(3, start=3 * i, item=f"x{i}"))
+    assert read_commit(tmp_path / "c.zarr")["n_rows"] == 9  # flushed at >= 8 rows, whole batches
+
+
 def test_uncompressed_store_reads_the_same(tmp_path):
     x = torch.randn(40, 8)
     for comp in ("zstd", "none"):
@@ -219,7 +232,7 @@ def test_not_a_store_and_old_format_errors(tmp_path):
 
 def test_uncommitted_rows_are_invisible_and_cut_on_resume(tmp_path):
     path = tmp_path / "s.zarr"
-    w = StoreWriter(path, chunk_rows=4)
+    w = StoreWriter(path, chunk_rows=4, flush_rows=4)
     w.append(_batch(5, item="a"))  # flushed + committed
     w.append(_batch(2, start=5, item="b"))  # buffered only
     # simulate a crash after the arrays grew but before the commit

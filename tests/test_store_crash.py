@@ -44,7 +44,7 @@ def slow_append(arr, n0, block):  # widen the window between array writes and th
     _append(arr, n0, block)
 st.StoreWriter._append = staticmethod(slow_append)
 print("start", flush=True)
-harvest_to_store(Slow(items_per_batch=3), LENGTHS, ["hidden", "out"], path, chunk_rows=20,
+harvest_to_store(Slow(items_per_batch=3), LENGTHS, ["hidden", "out"], path, chunk_rows=20, flush_rows=20,
                  part=(rank, world) if world > 1 else None, progress=False)
 print("done", flush=True)
 """.replace("LENGTHS", repr(LENGTHS))
