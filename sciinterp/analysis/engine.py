@@ -184,7 +184,8 @@ def _concepts_pass2(out, codes, d_sae, sel, edges, level, tp, lab, cfg) -> None:
 
 def _continuous(out, f0, f1, sc_h, bins_h, n_act, lab, cfg) -> None:
     iv, rows = lab.iv, slice(f0, f1)
-    mt, mt2 = M.value_matrix(sc_h), M.value_matrix(sc_h, sc_h.values.astype(np.float64) ** 2)
+    a = sc_h.values.astype(np.float64)  # float64 data: scipy would upcast a float32 matrix on every product
+    mt, mt2 = M.value_matrix(sc_h, a), M.value_matrix(sc_h, a**2)
     cache: dict = {}
     r = M.correlation(mt, mt2, lab.v0, lab.vknown, lab.w_h, cache)
     s1, s2 = np.zeros_like(r), np.zeros_like(r)
@@ -195,7 +196,7 @@ def _continuous(out, f0, f1, sc_h, bins_h, n_act, lab, cfg) -> None:
         s1, s2 = s1 + rp, s2 + rp**2
     mean = s1 / cfg.n_perm
     sd = np.sqrt(np.maximum(s2 / cfg.n_perm - mean**2, 0) * cfg.n_perm / (cfg.n_perm - 1))
-    rk = M.rank_codes(sc_h)
+    rk = M.rank_codes(sc_h).astype(np.float64)
     rs = M.correlation(M.value_matrix(sc_h, rk), M.value_matrix(sc_h, rk**2), lab.vrank, lab.vknown, lab.w_h)
     pval = np.where((n_act >= cfg.min_active) & np.isfinite(r), normal_pvalue(r, mean, sd, cfg.n_perm), 1.0)
     for name, val in [("score", r), ("pearson", r), ("effect", r), ("spearman", rs), ("pvalue", pval),

@@ -186,8 +186,9 @@ def correlation(
     """
     om = w[:, None] if known is None else known * w[:, None]  # (token, 1 or V)
     wt = om.sum(0)
-    mv = (om * v0).sum(0) / wt
-    vv = (om * v0 * v0).sum(0) / wt - mv**2
+    wv = om * v0
+    mv = wv.sum(0) / wt
+    vv = np.einsum("ij,ij->j", wv, v0) / wt - mv**2
     if cache is not None and known is None and "ma" in cache:
         ma, va = cache["ma"], cache["va"]
     else:
@@ -195,7 +196,7 @@ def correlation(
         va = np.asarray(mt2 @ om) / wt - ma**2
         if cache is not None and known is None:
             cache.update(ma=ma, va=va)
-    cov = np.asarray(mt @ (om * v0)) / wt - ma * mv
+    cov = np.asarray(mt @ wv) / wt - ma * mv
     with np.errstate(invalid="ignore", divide="ignore"):
         r = cov / np.sqrt(np.maximum(va, 0) * np.maximum(vv, 0))
     return np.where(np.isfinite(r), np.clip(r, -1, 1), np.nan)
