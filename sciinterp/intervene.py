@@ -86,7 +86,7 @@ class InterveneConfig:
     store: str | None = None
     """Activation store whose mean at ``hook`` is the mean-ablation baseline (default: from the data)."""
     device: str | None = None
-    """Device of the SAE (default: the SAE's own, CPU)."""
+    """Device of the SAE (default: the device of the adapter's model)."""
 
     def __post_init__(self) -> None:
         if self.op not in ("zero", "clamp", "scale"):
@@ -144,6 +144,14 @@ def _check_hook(adapter: Any, hook: str) -> None:
         raise ValueError(f"hook {hook!r} cannot be spliced: the adapter has {names}") from err
 
 
+def _model_device(adapter: Any) -> str:
+    model = getattr(adapter, "model", None)
+    try:
+        return str(next(model.parameters()).device)
+    except (AttributeError, StopIteration, TypeError):
+        return "cpu"
+
+
 def _write_netcdf(ds: xr.Dataset, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     clean = ds.copy()
@@ -181,7 +189,7 @@ def intervene(adapter: Any, sae_dir: str | os.PathLike, data: Any, cfg: Interven
     from sciinterp.sae import SparseAutoencoder
 
     _check_hook(adapter, cfg.hook)
-    sae = SparseAutoencoder.load(sae_dir, hook=cfg.hook, device=cfg.device or "cpu").eval()
+    sae = SparseAutoencoder.load(sae_dir, hook=cfg.hook, device=cfg.device or _model_device(adapter)).eval()
     for p in sae.parameters():
         p.requires_grad_(False)
     bad = [f for f in cfg.features if f >= sae.d_sae]
@@ -240,7 +248,10 @@ def _bars(r: xr.Dataset, runs: Sequence[str], pattern: str, ylabel: str):
     return fig
 
 
-def _residue_edit(r: xr.Dataset):
+def _residue_edit(r: xr.Dataset, margin: int = 25):
+    """Δ logit heatmap and p(actual residue) around the edited range (± ``margin`` residues)."""
+    ed = r["position"].values[np.asarray(r["edited"].values, dtype=bool)]
+    r = r.sel(position=(r["position"] >= ed.min() - margin) & (r["position"] <= ed.max() + margin))
     fig = _fig(8, 4.5)
     ax1, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
     d = r["dlogit"].transpose("amino_acid", "position").values
