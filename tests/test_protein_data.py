@@ -14,6 +14,7 @@ from sciinterp_adapters.protein.demo import (
     PROTEOME,
     STRUCTURES,
     TEST_PDB_DIR,
+    demo_records,
     load_demo_dataset,
     read_records,
     record_from_json,
@@ -27,7 +28,7 @@ from sciinterp_adapters.protein.structure import SS8_CODES
 
 
 def test_shipped_size_budget():
-    files = [p for p in DATA_DIR.rglob("*") if p.is_file() and not p.name.startswith("esm2_demo")]
+    files = [p for p in DATA_DIR.rglob("*") if p.is_file() and "esm2_demo" not in p.name]  # the model is not ours
     total = sum(p.stat().st_size for p in files)
     assert total < 5.0e6, f"shipped protein data is {total / 1e6:.2f} MB"
     assert (DATA_DIR / "README.md").read_text().count("licence") >= 3
@@ -73,13 +74,14 @@ def test_record_json_roundtrip(tmp_path):
 
 
 def test_demo_fasta_ids_match_labels(tmp_path):
-    from sciinterp_adapters.protein.fasta import read_fasta
+    from sciinterp_adapters.protein.fasta import as_records, read_fasta
 
     ids = write_structure_fasta(tmp_path / "s.fasta", max_length=1022)
     recs = read_fasta(tmp_path / "s.fasta")  # the ESM adapter's reader accepts it
     assert [r.id for r in recs] == ids and len(ids) >= 400
     demo = load_demo_dataset(max_length=1022)
     assert [i for i, _ in demo.records] == ids
+    assert [r.id for r in as_records(demo_records(max_length=1022))] == ids  # the data=protein_structures config
     chosen = recs[:25]
     tokens = tokens_from_sequences({r.id: r.sequence for r in chosen})
     ds = demo.labels(tokens)

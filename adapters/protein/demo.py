@@ -33,6 +33,7 @@ from .structure import StructureRecord, structure_labels
 __all__ = [
     "DATA_DIR",
     "DemoDataset",
+    "demo_records",
     "load_demo_dataset",
     "read_records",
     "structure_labels_from_shipped",
@@ -142,13 +143,12 @@ class DemoDataset(NamedTuple):
     """Builds the token labels of a store harvested from ``records``."""
 
 
+def demo_records(max_length: int | None = None) -> list[tuple[str, str]]:
+    """``(id, sequence)`` of the shipped structure chains (at most ``max_length`` residues),
+    in file order; the ids are those :func:`structure_labels_from_shipped` looks up."""
+    return [(r.id, r.sequence) for r in read_records().values() if max_length is None or len(r.sequence) <= max_length]
+
+
 def load_demo_dataset(*, max_length: int | None = None) -> DemoDataset:
     """The shipped structures as ``(id, sequence)`` records plus their label builder."""
-    recs = [(r.id, r.sequence) for r in read_records().values()
-            if max_length is None or len(r.sequence) <= max_length]
-    return DemoDataset(recs, structure_labels_from_shipped)
-
-
-def demo_records(max_length: int | None = 1022) -> list[tuple[str, str]]:
-    """``(id, sequence)`` of the shipped structure chains (the protein demo's harvest input)."""
-    return load_demo_dataset(max_length=max_length).records
+    return DemoDataset(demo_records(max_length), structure_labels_from_shipped)
