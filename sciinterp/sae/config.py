@@ -121,7 +121,7 @@ class TrainerConfig:
     autocast: Literal["auto", "bf16", "none"] = "auto"
     """bf16 autocast of the encoder matmul: ``auto`` = on for CUDA, off on CPU."""
     compile: bool = False
-    """``torch.compile`` the dense paths (env ``SCIINTERP_NO_COMPILE=1`` disables)."""
+    """``torch.compile`` the dense relu/jumprelu loss (env ``SCIINTERP_NO_COMPILE=1`` disables)."""
     threads: int | None = None
     """CPU threads (``torch.set_num_threads``); ``None`` leaves torch's default."""
     checkpoint_every: int = 0

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EncodeOut", "fast_kernels_enabled", "sparse_decode", "topk_encode", "latent_sums"]
+__all__ = ["EncodeOut", "SortPlan", "fast_kernels_enabled", "latent_sums", "sort_plan", "sparse_decode", "topk_encode"]
 
 _CHUNK_ROWS = int(os.environ.get("SCIINTERP_CHUNK_ROWS", "1024"))
 
@@ -34,20 +34,43 @@ def fast_kernels_enabled() -> bool:
     return os.environ.get("SCIINTERP_NO_FAST_KERNELS", "0") not in ("1", "true", "yes")
 
 
+class SortPlan(NamedTuple):
+    """The ``(B, k)`` slots of a batch grouped by latent: shared by every sum over latents."""
+
+    order: torch.Tensor
+    """(B * k,) int64: flat slot ids sorted by latent id (stable)."""
+    offsets: torch.Tensor
+    """(n_latents,) int64: where each latent's slots start in ``order``."""
+    rows: torch.Tensor
+    """(B * k,) int64: the batch row of each slot of ``order``."""
+
+
 class EncodeOut(NamedTuple):
     """Output of :func:`topk_encode`."""
 
     values: torch.Tensor
-    """(B, k) float: ReLU'd top-k pre-activations (descending when ``sorted``)."""
+    """(B, k) float: ReLU'd top-k pre-activations (unordered)."""
     indices: torch.Tensor
     """(B, k) int64: their latent ids."""
     aux_values: torch.Tensor | None
     """(B, k_aux) float: ReLU'd top pre-activations among dead latents, or None."""
     aux_indices: torch.Tensor | None
     """(B, k_aux) int64: their latent ids, or None."""
+    plan: SortPlan
+    """Grouping of ``indices`` by latent (pass it on to :func:`sparse_decode`)."""
 
 
-def latent_sums(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n_latents: int) -> torch.Tensor:
+def sort_plan(indices: torch.Tensor, n_latents: int) -> SortPlan:
+    """Group the slots of ``indices`` (B, k) by latent id (one int32 argsort)."""
+    k = indices.shape[1]
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat.to(torch.int32), stable=True)  # int32 sorts several times faster
+    counts = torch.bincount(flat, minlength=n_latents)
+    return SortPlan(order, torch.cumsum(counts, 0) - counts, torch.div(order, k, rounding_mode="floor"))
+
+
+def latent_sums(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, n_latents: int,
+                plan: SortPlan | None = None) -> torch.Tensor:
     """``out[j] = sum_{(b, s): indices[b, s] = j} weights[b, s] * rows[b]`` without dense (B, n) work.
 
     Parameters
@@ -58,21 +81,17 @@ def latent_sums(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor
         (B, d) the row vectors.
     n_latents
         Number of latents (rows of the output).
+    plan
+        :func:`sort_plan` of ``indices`` when already computed.
 
     Returns
     -------
     torch.Tensor
         (n_latents, d), computed as a latent-sorted ``embedding_bag`` over ``rows``.
     """
-    k = indices.shape[1]
-    flat = indices.reshape(-1)
-    order = torch.argsort(flat.to(torch.int32), stable=True)  # int32 sorts several times faster
-    counts = torch.bincount(flat, minlength=n_latents)
-    offsets = torch.cumsum(counts, 0) - counts
-    return F.embedding_bag(
-        torch.div(order, k, rounding_mode="floor"), rows, offsets,
-        mode="sum", per_sample_weights=weights.reshape(-1)[order].to(rows.dtype),
-    )
+    plan = plan or sort_plan(indices, n_latents)
+    return F.embedding_bag(plan.rows, rows, plan.offsets, mode="sum",
+                           per_sample_weights=weights.reshape(-1)[plan.order].to(rows.dtype))
 
 
 def _gather_dot(indices: torch.Tensor, table: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
@@ -91,7 +110,7 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, b_dec, k, dead, k_aux, bf16):  # noqa: D102
         xc = x - b_dec
-        B = x.shape[0]
+        B, d_sae = x.shape[0], W_enc.shape[1]
         vals = torch.empty(B, k, dtype=x.dtype, device=x.device)
         idx = torch.empty(B, k, dtype=torch.long, device=x.device)
         n_aux = 0 if dead is None else min(k_aux, int(dead.numel()))
@@ -104,37 +123,46 @@ class _TopKEncode(torch.autograd.Function):
         for i in range(0, B, _CHUNK_ROWS):
             sl = slice(i, i + _CHUNK_ROWS)
             pre = torch.mm(xa[sl], Wa.t())
-            v, j = pre.topk(k, dim=1, sorted=False)
-            vals[sl], idx[sl] = v, j
+            torch.topk(pre, k, dim=1, sorted=False, out=(vals[sl], idx[sl])) if dtype == x.dtype else \
+                _assign(pre.topk(k, dim=1, sorted=False), vals[sl], idx[sl])
             if n_aux:
-                v, j = pre.index_select(1, dead).topk(n_aux, dim=1, sorted=False)
-                aux_v[sl], aux_i[sl] = v, dead[j]
+                _assign(pre.index_select(1, dead).topk(n_aux, dim=1, sorted=False), aux_v[sl], aux_i[sl])
+                aux_i[sl] = dead[aux_i[sl]]
         vals.relu_()
         aux_v.relu_()
-        ctx.save_for_backward(xc, W_enc, torch.cat([idx, aux_i], 1), torch.cat([vals, aux_v], 1) > 0)
-        ctx.mark_non_differentiable(idx, aux_i)
-        return vals, idx, aux_v, aux_i
+        plan = sort_plan(idx, d_sae)
+        ctx.save_for_backward(xc, W_enc, idx, vals > 0, aux_i, aux_v > 0, *plan)
+        ctx.mark_non_differentiable(idx, aux_i, *plan)
+        return (vals, idx, aux_v, aux_i, *plan)
 
     @staticmethod
-    def backward(ctx, g_vals, _gi, g_aux, _gai):  # noqa: D102
-        xc, W_enc, idx, alive = ctx.saved_tensors
-        if g_vals is None:
-            g_vals = torch.zeros(idx.shape[0], idx.shape[1] - g_aux.shape[1], device=idx.device)
-        if g_aux is None:
-            g_aux = torch.zeros(idx.shape[0], idx.shape[1] - g_vals.shape[1], device=idx.device)
-        g = torch.cat([g_vals, g_aux], 1).to(xc.dtype) * alive
+    def backward(ctx, g_vals, _gi, g_aux, _gai, *_plan):  # noqa: D102
+        xc, W_enc, idx, alive, aux_i, aux_alive, *plan = ctx.saved_tensors
+        plan = SortPlan(*plan)
         d_sae = W_enc.shape[1]
         need_x, need_w, need_be, need_bd = ctx.needs_input_grad[:4]
+        g = (g_vals if g_vals is not None else torch.zeros_like(xc[:, :1]).expand(idx.shape)).to(xc.dtype) * alive
+        terms = [(idx, g, plan)]
+        if aux_i.shape[1] and g_aux is not None:
+            terms.append((aux_i, g_aux.to(xc.dtype) * aux_alive, None))
         dW = db_enc = db_dec = dx = None
         if need_be or need_bd:
-            db_enc = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+            db_enc = torch.zeros(d_sae, dtype=xc.dtype, device=xc.device)
+            for i, gi, _ in terms:
+                db_enc.index_add_(0, i.reshape(-1), gi.reshape(-1))
         if need_w:
-            dW = latent_sums(idx, g, xc, d_sae).t()
+            dWt = sum(latent_sums(i, gi, xc, d_sae, p) for i, gi, p in terms)
+            dW = dWt.t()
         if need_bd:
             db_dec = -(W_enc @ db_enc)
         if need_x:
-            dx = F.embedding_bag(idx, W_enc.t(), mode="sum", per_sample_weights=g)
+            dx = sum(F.embedding_bag(i, W_enc.t().contiguous(), mode="sum", per_sample_weights=gi) for i, gi, _ in terms)
         return dx, dW, db_enc if need_be else None, db_dec, None, None, None, None
+
+
+def _assign(res, vals_out: torch.Tensor, idx_out: torch.Tensor) -> None:
+    vals_out.copy_(res.values)
+    idx_out.copy_(res.indices)
 
 
 def topk_encode(
@@ -158,32 +186,34 @@ def topk_encode(
     bf16
         Do the encoder matmul in bfloat16 (GPU); selection and gradients stay in ``x.dtype``.
     """
-    v, i, av, ai = _TopKEncode.apply(x, W_enc, b_enc, b_dec, k, dead, k_aux, bf16)
+    v, i, av, ai, *plan = _TopKEncode.apply(x, W_enc, b_enc, b_dec, k, dead, k_aux, bf16)
     if dead is None or av.shape[1] == 0:
-        return EncodeOut(v, i, None, None)
-    return EncodeOut(v, i, av, ai)
+        return EncodeOut(v, i, None, None, SortPlan(*plan))
+    return EncodeOut(v, i, av, ai, SortPlan(*plan))
 
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, indices, W_dec):  # noqa: D102
-        ctx.save_for_backward(values, indices, W_dec)
+    def forward(ctx, values, indices, W_dec, *plan):  # noqa: D102
+        ctx.save_for_backward(values, indices, W_dec, *plan)
         return F.embedding_bag(indices, W_dec, mode="sum", per_sample_weights=values.to(W_dec.dtype))
 
     @staticmethod
     def backward(ctx, g_out):  # noqa: D102
-        values, indices, W_dec = ctx.saved_tensors
+        values, indices, W_dec, *plan = ctx.saved_tensors
         g_vals = dW = None
         if ctx.needs_input_grad[0]:
             g_vals = _gather_dot(indices, W_dec, g_out)
         if ctx.needs_input_grad[2]:
-            dW = latent_sums(indices, values, g_out, W_dec.shape[0])
-        return g_vals, None, dW
+            dW = latent_sums(indices, values, g_out, W_dec.shape[0], SortPlan(*plan) if plan else None)
+        return (g_vals, None, dW, *(None for _ in plan))
 
 
-def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor,
+                  plan: SortPlan | None = None) -> torch.Tensor:
     """``out[b] = sum_s values[b, s] * W_dec[indices[b, s]]``: (B, k), (B, k), (d_sae, d_in) -> (B, d_in).
 
-    Indices must be valid (``>= 0``); pad with index 0 and value 0.
+    Indices must be valid (``>= 0``); pad with index 0 and value 0.  ``plan``: the
+    :func:`sort_plan` of ``indices`` if known (saves a sort in the backward).
     """
-    return _SparseDecode.apply(values, indices, W_dec)
+    return _SparseDecode.apply(values, indices, W_dec, *(plan or ()))

@@ -245,7 +245,8 @@ class SparseAutoencoder(nn.Module):
             vals, idx = enc.values, enc.indices
             if arch == "batchtopk":
                 vals, idx = self._batch_select(vals, idx, n, all_gather)
-            x_hat = sparse_decode(vals, idx, self.W_dec) + self.b_dec
+            plan = enc.plan if arch == "topk" else None
+            x_hat = sparse_decode(vals, idx, self.W_dec, plan) + self.b_dec
             err = x - x_hat
             if enc.aux_values is not None:
                 e = err.detach()

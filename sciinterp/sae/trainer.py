@@ -190,6 +190,7 @@ def _prepare(source: Any, cfgs: Sequence[SAEConfig], tc: TrainerConfig, dev: tor
         gen = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else tc.seed)
         sae = SparseAutoencoder(cfg, source.d_in, device=dev, generator=gen)
         sae.bf16 = tc.autocast == "bf16" or (tc.autocast == "auto" and dev.type == "cuda")
+        _maybe_compile(sae, tc)
         mean, scale = _norm_stats(first, cfg.normalize)
         xn = (first - mean) / scale
         with torch.no_grad():
@@ -202,6 +203,34 @@ def _prepare(source: Any, cfgs: Sequence[SAEConfig], tc: TrainerConfig, dev: tor
         runs.append(_Run(cfg, name, sae, _make_optimizer(sae, cfg.learning_rate), mean, scale, var, zeros,
                          zeros.clone()))
     return runs
+
+
+def _maybe_compile(sae: SparseAutoencoder, tc: TrainerConfig) -> None:
+    """``torch.compile`` the dense loss of relu/jumprelu SAEs (TopK paths are sparse kernels already).
+
+    Off unless ``TrainerConfig.compile``; ``SCIINTERP_NO_COMPILE=1`` disables it; a failure to compile
+    falls back to eager with a warning.
+    """
+    if not tc.compile or os.environ.get("SCIINTERP_NO_COMPILE", "0") in ("1", "true", "yes"):
+        return
+    if sae.cfg.architecture not in ("relu", "jumprelu"):
+        return
+    eager = sae.loss_terms
+    try:
+        compiled = torch.compile(eager)
+    except Exception as err:  # noqa: BLE001 - no compiler / unsupported platform
+        log.warning("torch.compile unavailable (%s); training eagerly", err)
+        return
+
+    def loss_terms(*args: Any, **kwargs: Any):
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - compilation errors surface on the first call
+            log.warning("torch.compile failed (%s); training eagerly", err)
+            sae.loss_terms = eager
+            return eager(*args, **kwargs)
+
+    sae.loss_terms = loss_terms
 
 
 def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfig, world: int, all_sum,
@@ -226,11 +255,13 @@ def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfi
             p.grad.copy_(g)
     sae.remove_parallel_grads_()
     norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"), foreach=True)
-    loss = float(all_sum(out.loss.detach()))
-    if tc.check_finite and not (math.isfinite(loss) and math.isfinite(float(norm))):
-        what = "loss" if not math.isfinite(loss) else "gradient norm"
-        raise FloatingPointError(f"SAE {run.name!r}: non-finite {what} ({loss if what == 'loss' else float(norm)}) "
-                                 f"at {where}; stopping (resume from the last checkpoint with a lower lr)")
+    stats = torch.stack([out.loss.detach(), out.fvu.detach(), out.aux_loss.detach(), out.l0 * x.shape[0] / n_global])
+    loss, fvu, aux, l0 = all_sum(stats).tolist()  # one device sync per step
+    norm = float(norm)
+    if tc.check_finite and not (math.isfinite(loss) and math.isfinite(norm)):
+        what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm)
+        raise FloatingPointError(f"SAE {run.name!r}: non-finite {what} ({value}) at {where}; stopping "
+                                 "(resume from the last checkpoint with a lower lr or check the activations)")
     for g in run.opt.param_groups:
         g["lr"] = lr
     run.opt.step()
@@ -240,8 +271,7 @@ def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfi
     run.since_fired += n_global
     run.since_fired[fired] = 0
     run.fired_count += fired
-    run.last = {"loss": loss, "fvu": float(all_sum(out.fvu.detach())), "aux": float(all_sum(out.aux_loss.detach())),
-                "l0": float(all_sum(out.l0 * x.shape[0] / n_global)), "lr": lr,
+    run.last = {"loss": loss, "fvu": fvu, "aux": aux, "l0": l0, "lr": lr,
                 "dead": float((run.since_fired >= cfg.dead_tokens).float().mean())}
 
 
