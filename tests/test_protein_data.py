@@ -117,3 +117,25 @@ def test_every_shipped_record_labels_itself():
     assigned = sum(len(r.ss8) - r.ss8.count("-") for r in recs.values())
     assert int((~np.isnan(ds["ss3_H"].values)).sum()) == assigned
     assert int(np.isfinite(ds["rsa"].values).sum()) == sum(r.meta["n_observed"] for r in recs.values())
+
+
+def test_labels_for_a_harvested_store(tmp_path):
+    """The demo path end to end: harvest ESM-2 on shipped chains, label the store's tokens."""
+    pytest.importorskip("esm")
+    if not (DATA_DIR / "esm2_demo.pt").is_file():
+        pytest.skip("the demo ESM-2 model is not shipped in this checkout")
+    from sciinterp.harvest import harvest_to_store
+    from sciinterp.store import open_store
+    from sciinterp_adapters.protein.esm2 import ESM2Adapter
+
+    recs = demo_records(max_length=1022)[:4]
+    harvest_to_store(ESM2Adapter(model="demo"), recs, ["layer1"], tmp_path / "s.zarr")
+    store = open_store(tmp_path / "s.zarr")
+    labels = structure_labels_from_shipped(store)
+    assert labels.sizes["token"] == store.sizes["token"] == sum(len(s) for _, s in recs)
+    lookup = read_records()
+    first = store["protein"].values[0]
+    rows = np.flatnonzero(store["protein"].values == first)
+    rows = rows[np.argsort(store["position"].values[rows])]
+    np.testing.assert_array_equal(labels["rsa"].values[rows], lookup[first].rsa)
+    assert np.isfinite(labels["ss3_H"].values).mean() > 0.9
