@@ -383,11 +383,15 @@ def run_interventions(adapter: Any, sae: Any, data: Any, cfg: Any, mean: torch.T
     if cfg.faithfulness:
         f = forecast_faithfulness(adapter, data, cfg.hook, sae, n_steps=cfg.n_steps, mean=mean, max_times=cfg.max_items)
         out = out.merge(f.rename({k: f"faith_{k}" for k in f.data_vars}))
-        out.attrs["faith_fve"] = f.attrs["fve"]
+        out.attrs.update(faith_fve=f.attrs["fve"], faith_recovered_mean=float(f["recovered"].mean()),
+                         faith_recovered_truth_mean=float(f["recovered_truth"].mean()))
     if cfg.features:
         edit = edit_forecast(adapter, data, cfg.hook, sae, [FeatureEdit(list(cfg.features), cfg.op, cfg.value)],
                              lat=tuple(cfg.lat) if cfg.lat else None, lon=tuple(cfg.lon) if cfg.lon else None,
                              level=cfg.level, lead=cfg.lead, n_steps=cfg.n_steps, keep_error=cfg.keep_error, max_times=1)
         out = out.merge(edit.drop_vars([v for v in edit.data_vars if v.endswith(("_clean", "_edited"))]))
         out.attrs.update(edit.attrs)
+        for q in ("mass", "energy"):
+            if f"{q}_ratio" in out:
+                out.attrs[f"{q}_ratio_max"] = float(out[f"{q}_ratio"].max())
     return out
