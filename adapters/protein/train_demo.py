@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     report = {
         "demo_model": True, "fasta": Path(fasta).name, "n_train": len(train), "n_heldout": len(test),
-        "heldout_ids_sha_seed": args.seed, "layers": args.layers, "embed_dim": args.dim, "heads": args.heads,
+        "split_seed": args.seed, "layers": args.layers, "embed_dim": args.dim, "heads": args.heads,
         "n_params": n_params, "steps": step, "train_seconds": round(elapsed), "threads": args.threads,
         "crop": args.crop, "max_tokens": args.max_tokens,
         "heldout_ppl": round(metrics["ppl"], 3), "heldout_ppl_unigram": round(metrics["ppl_unigram"], 3),
