@@ -113,3 +113,21 @@ def test_cli_train_on_npy(planted, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     sae = SparseAutoencoder.load(tmp_path / "run" / "train" / "topk-64-k4", d_in=32)
     assert sae.d_sae == 64 and sae.cfg.k == 4
+
+
+def test_train_from_store_records_provenance(tmp_path):
+    from sciinterp.harvest import harvest_to_store
+    from sciinterp.sources import as_source
+    from sciinterp.testing import FakeAdapter
+
+    adapter = FakeAdapter()
+    store = harvest_to_store(adapter, [40, 30, 50, 20, 60, 45, 35, 25] * 4, ["hidden"], tmp_path / "s.zarr",
+                             progress=False)
+    paths = train(as_source(store, hook="hidden"), [SAEConfig("topk", d_sae=32, k=2)],
+                  TrainerConfig(batch_size=128, epochs=1, progress=False), tmp_path / "sae")
+    prov = SparseAutoencoder.load(paths[0]).provenance
+    checksum = adapter.provenance()["model_checksum"]
+    assert prov["hook_name"] == "hidden" and prov["model_checksum"] == checksum and len(prov["store_hash"]) == 16
+    SparseAutoencoder.load(paths[0], d_in=16, hook="hidden", model_checksum=checksum)
+    with pytest.raises(ValueError, match="was trained on model checksum"):
+        SparseAutoencoder.load(paths[0], model_checksum="0" * 16)

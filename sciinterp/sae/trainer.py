@@ -205,6 +205,25 @@ def _prepare(source: Any, cfgs: Sequence[SAEConfig], tc: TrainerConfig, dev: tor
     return runs
 
 
+def _source_provenance(src: Any) -> dict[str, Any]:
+    """``model_id``, ``model_checksum``, ``store_hash``, ``hook_name`` of a source, where it knows them."""
+    prov = dict(getattr(src, "provenance", None) or {})
+    path = getattr(src, "path", None)
+    if path is not None and "model_checksum" not in prov:
+        try:
+            from sciinterp.store import open_store, read_commit
+
+            attrs = open_store(path).attrs
+            prov.update({k: attrs[k] for k in ("model_id", "model_checksum") if attrs.get(k) is not None})
+            commit = json.dumps(read_commit(path), sort_keys=True, default=str)
+            prov["store_hash"] = hashlib.sha256(commit.encode()).hexdigest()[:16]
+        except Exception as err:  # noqa: BLE001 - provenance is best effort, never fatal
+            log.warning("could not read the provenance of %s: %s", path, err)
+    if getattr(src, "hook", None):
+        prov.setdefault("hook_name", src.hook)
+    return prov
+
+
 def _maybe_compile(sae: SparseAutoencoder, tc: TrainerConfig) -> None:
     """``torch.compile`` the dense loss of relu/jumprelu SAEs (TopK paths are sparse kernels already).
 
@@ -421,13 +440,13 @@ def fit(
         logger.close()
     log.info("trained %d SAE(s): %d steps, %d rows, %.0f rows/s", len(runs), step, rows,
              (rows - rows0) / max(time.perf_counter() - t0, 1e-9))
+    prov = _source_provenance(src) if rank == 0 else {}
     result = []
     for r in runs:
         sae = r.sae.folded(r.mean, r.scale)
         sae.normalization = {"kind": r.cfg.normalize, "folded": True,
                              "mean": r.mean.reshape(-1).tolist(), "scale": r.scale.reshape(-1).tolist()}
-        sae.provenance = {**getattr(src, "provenance", {}), "hook_name": r.cfg.hook or getattr(src, "hook", None),
-                          "rows": rows, "steps": step}
+        sae.provenance = {**prov, "hook_name": r.cfg.hook or prov.get("hook_name"), "rows": rows, "steps": step}
         sae.training_state = {"fired_count": r.fired_count.cpu(), "steps": step, "rows": rows}
         sae.eval()
         result.append(sae)
