@@ -47,7 +47,11 @@ class ShallowWaterConfig:
     spinup_hours: float = 48.0
     """Hours integrated (and discarded) before the first output, so eddies and jets adjust."""
     dt: float = 600.0
-    """Solver time step in seconds; 600 s is stable up to 64x128, 900 s gave NaNs."""
+    """Solver time step in seconds; 600 s is stable at the default truncations up to 64x128, 900 s gave NaNs."""
+    lmax: int | None = None
+    """Spectral truncation (total wavenumbers kept).  ``None``: ``(nlat + 1) // 2`` (torch-harmonics'
+    default) up to 32 latitudes, ``nlat // 3 + 1`` above, because ``(nlat + 1) // 2`` at 64x128 blew up
+    within 12 h at dt = 600 s."""
     jet_speed: tuple[float, float] = (25.0, 50.0)
     """Range (m s-1) of each jet's peak zonal wind, drawn uniformly."""
     jet_latitude: tuple[float, float] = (30.0, 60.0)
@@ -85,13 +89,22 @@ class ShallowWaterConfig:
         if self.spacing_days * 1.0 <= span_days:
             raise ValueError(f"spacing_days={self.spacing_days} must exceed a trajectory's {span_days:.1f} days")
         unknown = set(self.variables) - {"z", "u", "v", "vo"}
-        if not 1 <= self.eddy_wavenumbers[0] <= self.eddy_wavenumbers[1] < (self.nlat + 1) // 2:
+        if self.lmax is not None and not 4 <= self.lmax <= (self.nlat + 1) // 2:
+            raise ValueError(f"lmax={self.lmax} must lie in [4, {(self.nlat + 1) // 2}] for {self.nlat} latitudes")
+        if not 1 <= self.eddy_wavenumbers[0] <= self.eddy_wavenumbers[1] < self.truncation:
             raise ValueError(
-                f"eddy_wavenumbers={self.eddy_wavenumbers} must satisfy 1 <= lo <= hi < {(self.nlat + 1) // 2} "
+                f"eddy_wavenumbers={self.eddy_wavenumbers} must satisfy 1 <= lo <= hi < {self.truncation} "
                 f"(the truncation of a {self.nlat}-latitude grid)"
             )
         if unknown or not self.variables:
             raise ValueError(f"unknown variables {sorted(unknown)}; choose from z, u, v, vo")
+
+    @property
+    def truncation(self) -> int:
+        """The spectral truncation used (``lmax`` or its default)."""
+        if self.lmax is not None:
+            return self.lmax
+        return (self.nlat + 1) // 2 if self.nlat <= 32 else self.nlat // 3 + 1
 
 
 _ATTRS = {
@@ -217,7 +230,7 @@ def generate_shallow_water(
     from torch_harmonics.examples import ShallowWaterSolver
 
     cfg = ShallowWaterConfig(**{**(asdict(config) if config else {}), **overrides})
-    lmax = (cfg.nlat + 1) // 2  # torch-harmonics' default truncation, explicit to silence its warning
+    lmax = cfg.truncation  # explicit, which also silences torch-harmonics' truncation warning
     solver = ShallowWaterSolver(cfg.nlat, cfg.nlon, cfg.dt, lmax=lmax, mmax=lmax, grid="equiangular").double()
     rng = np.random.default_rng(cfg.seed)
     saved_threads = torch.get_num_threads()
