@@ -113,3 +113,12 @@ def test_bad_checkpoint_and_config(tmp_path):
     torch.save({k: v for k, v in small.model.state_dict().items()}, path)
     with pytest.raises(ValueError, match=r"checkpoint .*other\.ckpt does not fit the Aurora config 'tiny': size mismatch for encoder\.atmos_latents: .*torch\.Size\(\[3, 32\]\).*\(and \d+ more mismatches\)$"):
         AuroraAdapter(path, config="tiny")
+
+
+def test_forecast_returns_physical_predictions_per_step(adapter, ds):
+    preds = adapter.forecast(ds, 2)
+    assert len(preds) == 2
+    assert [p.metadata.time[0].isoformat() for p in preds] == ["2020-01-01T12:00:00", "2020-01-01T18:00:00"]
+    t2m = preds[0].surf_vars["2t"]
+    assert t2m.shape == (2, 1, 32, 64)  # two initial times (batch_size 2), cropped to 32 latitudes
+    assert 200 < float(t2m.mean()) < 350  # de-normalised to kelvin
