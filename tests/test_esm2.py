@@ -189,3 +189,12 @@ def test_options_are_validated():
         ESM2Options(max_len=10, window_overlap=10)
     with pytest.raises(ValueError, match="token_budget=100 must hold one full row"):
         ESM2Options(token_budget=100)
+
+
+def test_bf16_autocast_path_returns_float32_close_to_full_precision(net):
+    ref = _by_token(_adapter(net).harvest(PROTEINS, ["layer3"]), "layer3")
+    bf = _by_token(_adapter(net, precision="bfloat16").harvest(PROTEINS, ["layer3"]), "layer3")
+    x = torch.stack([bf[k] for k in ref])
+    y = torch.stack(list(ref.values()))
+    assert x.dtype == torch.float32
+    assert 0 < (x - y).abs().max() < 0.1 * y.abs().max()  # bf16 (8-bit mantissa) differs, but slightly
