@@ -117,8 +117,8 @@ def test_hydra_configs_build_link_configs():
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        default = instantiate(compose("config", overrides=["+analysis=default"]).analysis)
-        weather = instantiate(compose("config", overrides=["+analysis=weather", "seed=3"]).analysis)
+        default = instantiate(compose("config").analysis)  # the root config selects analysis=default
+        weather = instantiate(compose("config", overrides=["analysis=weather", "seed=3"]).analysis)
     assert isinstance(default, LinkConfig) and default.null_method == "shift" and default.probe_ks == [1, 2, 5, 10]
     assert weather.split == "contiguous" and weather.seed == 3 and type(weather.pool) is list
 
