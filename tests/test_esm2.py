@@ -129,6 +129,11 @@ def test_long_proteins_windowed_crop_or_error(net, tmp_path):
         win = _direct(net, seq[s.start:s.stop])[1]
         for j in range(s.keep_start, s.keep_stop):
             torch.testing.assert_close(rows[("long", j + 1)], win[j - s.start], atol=2e-5, rtol=1e-4)
+    # a budget of one row per forward pass (5 windows) gives the same values
+    chunked = _by_token(_adapter(net, max_len=10, window_overlap=4, token_budget=12).harvest({"long": seq}, ["layer1"]), "layer1")
+    assert chunked.keys() == rows.keys()
+    for k in rows:
+        torch.testing.assert_close(chunked[k], rows[k], atol=2e-5, rtol=1e-4)
     crop = _by_token(_adapter(net, max_len=10, long_policy="crop").harvest({"long": seq}, ["layer1"]), "layer1")
     assert sorted(p for _, p in crop) == list(range(1, 11))
     # "error" refuses before anything is written: the existing store is untouched

@@ -291,7 +291,8 @@ class ESM2Adapter:
         """Yield one :class:`TokenBatch` per forward pass over ``data`` (FASTA path, records, dict).
 
         The whole input is validated (alphabet, duplicates, lengths under ``long_policy``) before
-        the first forward pass.  Batches hold whole proteins, longest first.
+        the first forward pass.  Batches hold whole proteins, longest first; the windows of a
+        protein too long for ``token_budget`` run in several forward passes of one batch.
         """
         records = as_records(data)
         points = {h: self.hook_point(h) for h in hooks}
@@ -309,14 +310,20 @@ class ESM2Adapter:
         try:
             for batch in plan:
                 b = self._tensorise(batch)
-                captured.clear()
-                with torch.inference_mode(), self._autocast():
-                    self.model(b.tokens.to(self.options.device))
+                # rows per forward: one protein's windows may exceed the budget; run them in chunks
+                per = max(1, self.options.token_budget // b.tokens.shape[1])
+                parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+                for start in range(0, len(b.tokens), per):
+                    captured.clear()
+                    with torch.inference_mode(), self._autocast():
+                        self.model(b.tokens[start:start + per].to(self.options.device))
+                    for h in hooks:
+                        parts[h].append(captured[h])
                 rows = torch.as_tensor(b.rows, device=self.options.device)
                 cols = torch.as_tensor(b.cols, device=self.options.device)
                 acts = {}
                 for h in hooks:
-                    x = captured[h]
+                    x = torch.cat(parts[h], dim=0 if h == "embed" else 1)  # batch axis: 0 for embed, else 1
                     # embed is (B, T, E); every other hook is (T, B, E)
                     x = x[rows, cols] if h == "embed" else x[cols, rows]
                     acts[h] = x.float().cpu()
