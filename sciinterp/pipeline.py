@@ -8,6 +8,7 @@ is the only place that reads a Hydra/OmegaConf config, and it only instantiates
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -121,8 +122,9 @@ def analyze(
 ) -> Path:
     """Encode ``store`` with the SAE, then summarise features and link them to labels.
 
-    ``labels`` is a callable ``labels(tokens, data) -> xr.Dataset`` (the label contract in
-    ``docs/architecture.md``; ``tokens`` is the opened store) or a ready ``xr.Dataset``.
+    ``labels`` is a callable ``labels(tokens) -> xr.Dataset`` (the label contract in
+    ``docs/architecture.md``; ``tokens`` is the opened store) or a ready ``xr.Dataset``;
+    ``data`` (the harvest input) is recorded in the stage fingerprint.
     Writes ``<out>/analyze/features.zarr`` and what :func:`sciinterp.analysis.analyze` writes
     (``summary``, ``links``, ``probes``, ``queue``, read back with ``load_analysis``).
     """
@@ -136,7 +138,7 @@ def analyze(
     def work(d: Path) -> None:
         feats = open_features(encode_store(store, sae_dir, cfg.hook, d / "features.zarr", batch_size=cfg.batch_size))
         tokens = open_store(store)
-        lab = labels(tokens, data) if callable(labels) else labels
+        lab = labels(tokens) if callable(labels) else labels
         token_labels = lab if "token" in lab.dims else None
         item_labels = lab if "item" in lab.dims else None
         analyze_features(feats, token_labels, item_labels=item_labels, store=tokens, hook=cfg.hook,
@@ -174,7 +176,7 @@ def run_from_config(cfg: Any) -> Any:
     result: dict[str, Any] = {}
     if stage in ("harvest", "run"):
         adapter = instantiate(cfg.adapter)
-        data = instantiate(cfg.data) if "_target_" in cfg.data else cfg.data.path
+        data = result["data"] = _instantiate_data(cfg)
         hcfg = HarvestConfig(**OmegaConf.to_container(cfg.harvest, resolve=True))
         result["store"] = harvest(adapter, data, hcfg, out, force=force)
     if stage in ("train", "run"):
@@ -183,4 +185,58 @@ def run_from_config(cfg: Any) -> Any:
         sweep = OmegaConf.to_container(cfg.train.sweep, resolve=True) if cfg.train.sweep else [{}]
         saes = [instantiate(cfg.sae, **o) for o in sweep]
         result["saes"] = train(source, cfg.train.hook, saes, instantiate(cfg.trainer), out, force=force)
+    sae_dir = Path(cfg.analyze.sae) if cfg.analyze.get("sae") else None
+    if sae_dir is None and stage in ("analyze", "report", "intervene", "run"):
+        sae_dir = (result.get("saes") or _trained_saes(out))[0]
+    store = Path(cfg.train.source or out / "harvest" / "store.zarr")
+    if stage in ("analyze", "run"):
+        data = result.get("data", _instantiate_data(cfg))
+        labels = instantiate(cfg.labels)
+        link = OmegaConf.to_container(cfg.analysis, resolve=True)
+        link.pop("_target_", None)
+        acfg = AnalyzeConfig(hook=cfg.train.hook, batch_size=cfg.analyze.batch_size, top_n=cfg.analyze.top_n, link=link)
+        if cfg.analyze.get("data_arg"):  # e.g. weather labels need the gridded fields: labels(tokens, fields=data)
+            labels = functools.partial(labels, **{cfg.analyze.data_arg: data})
+        result["analysis"] = analyze(store, sae_dir, labels, data, acfg, out, force=force)
+    if stage in ("report", "run"):
+        result["report"] = report(out / "analyze", out, title=cfg.report.title, n_cards=cfg.report.n_cards, force=force)
+        _print_summary(out / "analyze", result["report"])
+    if stage == "intervene" or (stage == "run" and cfg.get("intervene") is not None and cfg.run_intervene):
+        from sciinterp.intervene import intervene
+
+        result["intervene"] = intervene(instantiate(cfg.adapter), sae_dir, _instantiate_data(cfg),
+                                        instantiate(cfg.intervene), out / "intervene")
     return result
+
+
+def no_labels(tokens: Any, *_: Any, **__: Any) -> Any:
+    """The default label builder: fails, naming the config groups that provide labels."""
+    raise ValueError("analyze needs labels: choose a label builder, e.g. labels=protein_structure, "
+                     "labels=protein_sequence or labels=weather (see conf/labels/)")
+
+
+def _instantiate_data(cfg: Any) -> Any:
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.data) if "_target_" in cfg.data else cfg.data.path
+
+
+def _trained_saes(out: Path) -> list[Path]:
+    found = sorted(p.parent for p in (out / "train").glob("*/cfg.json"))
+    if not found:
+        raise FileNotFoundError(f"no trained SAE under {out / 'train'}: run the train stage first, or set analyze.sae=DIR")
+    return found
+
+
+def _print_summary(analysis_dir: Path, report_path: Path, n: int = 12) -> None:
+    """Print where the report is and the strongest links, one per family of variables
+    (``aa_*``, ``ss3_*``, ``z_*``...), so one dominant family does not hide the others."""
+    from sciinterp.analysis import load_analysis
+    from sciinterp.report import strongest_links
+
+    top = strongest_links(load_analysis(analysis_dir).links, n=10**9)
+    family = top["variable"].astype(str).str.split("_").str[0]
+    best = top[~family.duplicated()].head(n)
+    print(f"\nHTML report: {report_path.resolve()}")
+    print("strongest feature-variable links, best per variable family (q < 0.05, held-out split):")
+    print(best.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
