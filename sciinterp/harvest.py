@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +83,7 @@ def harvest_to_store(
     attrs: Mapping[str, Any] | None = None,
     part: tuple[int, int] | None = None,
     progress: bool = True,
+    write_behind: bool = True,
 ) -> Path:
     """Record ``hooks`` of ``adapter`` over ``data`` into the store at ``path``.
 
@@ -103,7 +106,9 @@ def harvest_to_store(
         ``(rank, world)``: this process harvests only its share of the items into
         ``<path>/part-<rank>-of-<world>.zarr``; ``open_store(path)`` reads all parts as one.
     progress
-        Show a progress bar (tokens written).
+        Show a progress bar (tokens harvested).
+    write_behind
+        Write to the store in a background thread while the model computes the next batch.
 
     Returns
     -------
@@ -140,13 +145,56 @@ def harvest_to_store(
     skip = _Skip(writer.done_items, rank, world)
     bar = tqdm(desc=f"harvest {adapter.name}", unit="tok", initial=writer.n_rows, disable=not progress)
     completed = False
+    sink = _WriteBehind(writer) if write_behind else None
     try:
-        for batch in adapter.harvest(data, list(hooks), skip=skip):
-            writer.append(batch)
-            bar.update(batch.n_tokens)
+        try:
+            for batch in adapter.harvest(data, list(hooks), skip=skip):
+                sink.put(batch) if sink else writer.append(batch)
+                bar.update(batch.n_tokens)
+        finally:
+            if sink:
+                sink.finish()  # writes what is queued (whole items); re-raises the writer's error
         completed = True
     finally:
         bar.close()
         writer.close(complete=completed)
     log.info("harvested %d tokens into %s", writer.n_rows, target)
     return target
+
+
+class _WriteBehind:
+    """Append batches to a :class:`StoreWriter` from a background thread.
+
+    The model computes the next batch while the previous one is converted,
+    compressed and written (torch and zarr's codecs release the GIL).  At most
+    ``depth`` batches wait; order, commits and crash safety are the writer's own.
+    """
+
+    def __init__(self, writer: StoreWriter, depth: int = 2):
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="harvest-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.writer.append(batch)
+                except BaseException as err:  # handed to the harvesting thread
+                    self.error = err
+
+    def put(self, batch: Any) -> None:
+        if self.error is not None:
+            self.finish()
+        self.queue.put(batch)
+
+    def finish(self) -> None:
+        """Wait until every queued batch is written; re-raise the writer's error, if any."""
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err

@@ -3,7 +3,7 @@ import pytest
 
 from sciinterp.harvest import _rank_of, describe_data, harvest_to_store
 from sciinterp.provenance import file_checksum
-from sciinterp.store import open_store, stored_items
+from sciinterp.store import StoreError, open_store, stored_items
 from sciinterp.testing import FakeAdapter
 
 
@@ -46,3 +46,41 @@ def test_parts_in_one_process_cover_every_item_once(tmp_path):
 def test_part_argument_is_validated(tmp_path):
     with pytest.raises(ValueError, match=r"part=\(rank=2, world=2\) needs 0 <= rank < world"):
         harvest_to_store(FakeAdapter(), [3], ["out"], tmp_path / "p", part=(2, 2), progress=False)
+
+
+class _Broken(FakeAdapter):
+    """Fails after ``after`` batches: in the model, or with a batch the store must refuse."""
+
+    def __init__(self, after, how):
+        super().__init__(items_per_batch=2)
+        self.after, self.how = after, how
+
+    def harvest(self, data, hooks, *, skip=()):
+        for i, b in enumerate(super().harvest(data, hooks, skip=skip)):
+            if i == self.after:
+                if self.how == "model":
+                    raise RuntimeError("CUDA out of memory (simulated)")
+                b.acts["out"] = b.acts["out"][:, :3]  # wrong width
+            yield b
+
+
+@pytest.mark.parametrize("write_behind", [True, False])
+def test_failures_keep_whole_items_and_resume(tmp_path, write_behind):
+    lengths = [3, 5, 2, 7, 4, 6, 1, 8, 3, 2]
+    ref = tmp_path / "ref.zarr"
+    harvest_to_store(FakeAdapter(items_per_batch=2), lengths, ["out"], ref, chunk_rows=4, progress=False)
+    path = tmp_path / "s.zarr"
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        harvest_to_store(_Broken(3, "model"), lengths, ["out"], path, chunk_rows=4, write_behind=write_behind,
+                         progress=False)  # fmt: skip
+    assert stored_items(path) == [f"seq{i}" for i in range(6)] and not open_store(path).attrs["complete"]
+    with pytest.raises(StoreError, match="hook 'out' is stored with width 8, cannot append width 3"):
+        harvest_to_store(_Broken(1, "width"), lengths, ["out"], path, chunk_rows=4, write_behind=write_behind,
+                         progress=False)  # fmt: skip
+    assert stored_items(path) == [f"seq{i}" for i in range(8)] and not open_store(path).attrs["complete"]
+    harvest_to_store(FakeAdapter(items_per_batch=2), lengths, ["out"], path, chunk_rows=4,
+                     write_behind=write_behind, progress=False)  # fmt: skip
+    got, want = open_store(path), open_store(ref)
+    assert got.attrs["complete"]
+    np.testing.assert_array_equal(got.out.values, want.out.values)
+    np.testing.assert_array_equal(got.seq.values, want.seq.values)
