@@ -25,6 +25,27 @@ def _recovered(sae: SparseAutoencoder, directions: np.ndarray, cos: float = 0.9)
     return float(((directions @ W.T).max(1) > cos).mean())
 
 
+def test_topk_recovers_planted_directions_small():
+    data = planted_superposition(14_000, d_in=16, n_features=48, mean_active=3, power=0.0, seed=1)
+    sae = fit(data.x[:12_000], [SAEConfig("topk", d_sae=96, k=3, lr=2e-2)],
+              TrainerConfig(batch_size=64, epochs=1, progress=False))[0]
+    assert _recovered(sae, data.directions) > 0.6
+    assert evaluate(sae, data.x[12_000:]).fve > 0.6
+
+
+def test_all_architectures_in_one_pass(planted):
+    """A quick sweep over the four architectures (the slow test below checks each more tightly)."""
+    archs = ["topk", "batchtopk", "relu", "jumprelu"]
+    saes = fit(planted.x[:8_000], [SAEConfig(a, d_sae=128, k=6, lr=5e-3) for a in archs],
+               TrainerConfig(batch_size=128, epochs=1, progress=False))
+    for arch, sae in zip(archs, saes):
+        ev = evaluate(sae, planted.x[20_000:])
+        assert sae.cfg.architecture == arch
+        assert ev.fve > 0.4, (arch, ev.fve)
+        assert 1 <= ev.l0 <= 48, (arch, ev.l0)
+
+
+@pytest.mark.slow
 def test_topk_recovers_planted_directions():
     data = planted_superposition(40_000, d_in=32, n_features=256, mean_active=4, power=0.0, seed=1)
     sae = fit(data.x[:36_000], [SAEConfig("topk", d_sae=512, k=4, lr=1e-2)],
@@ -33,6 +54,7 @@ def test_topk_recovers_planted_directions():
     assert evaluate(sae, data.x[36_000:]).fve > 0.75
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, min_fve, l0_range", [
     ("topk", 0.75, (6, 6)), ("batchtopk", 0.6, (3, 12)), ("relu", 0.55, (2, 40)), ("jumprelu", 0.55, (2, 40)),
 ])

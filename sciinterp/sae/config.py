@@ -45,10 +45,11 @@ class SAEConfig:
     """Weight of the AuxK dead-latent loss (``topk``/``batchtopk``; 0 disables it)."""
     auxk_k: int | None = None
     """Latents used by the AuxK loss (default ``d_in // 2``)."""
-    dead_tokens: int = 10_000_000
+    dead_tokens: int = 1_000_000
     """A latent is dead after this many training rows without firing."""
     lr: float | None = None
-    """Adam learning rate; ``None``: ``2e-4 / sqrt(d_sae / 16384)`` (sparsify's scaling)."""
+    """Adam learning rate; ``None``: ``2e-3 / sqrt(d_sae / 16384)`` (sparsify's width scaling, 10x its
+    base: short runs of a few hundred steps recover far more ground truth, see docs/trainer.md)."""
     normalize: Literal["expected_norm", "standardize", "none"] = "expected_norm"
     """Input normalisation fitted on the first batch and folded into the weights on save:
     ``expected_norm`` scales so E||x||^2 = d_in, ``standardize`` subtracts the mean and divides
@@ -86,7 +87,7 @@ class SAEConfig:
     @property
     def learning_rate(self) -> float:
         """The Adam learning rate actually used."""
-        return self.lr if self.lr is not None else 2e-4 / math.sqrt(self.d_sae / 2**14)
+        return self.lr if self.lr is not None else 2e-3 / math.sqrt(self.d_sae / 2**14)
 
     @property
     def run_name(self) -> str:
