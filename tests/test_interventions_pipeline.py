@@ -32,6 +32,15 @@ def save_identity_sae(path, d, hook) -> Path:
     return sae.save(path)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (two oversubscribe a shared machine ~100x)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def esm():
     return ESM2Adapter(module=random_esm2(2, 32, 4, seed=1), model_id="tiny")

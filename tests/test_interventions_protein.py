@@ -16,6 +16,15 @@ PROTEINS = {"a": "MKVLAAGIVGLLLAQSTR", "b": "ACDEFGHIKLMNPQRSTVWY", "c": "MSTNPK
 D = 32
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (two oversubscribe a shared machine ~100x)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def adapter():
     return ESM2Adapter(module=random_esm2(2, D, 4, seed=1), model_id="tiny")

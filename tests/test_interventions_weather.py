@@ -54,6 +54,15 @@ def linear_sae(d, mean=None, decode=True):
     return sae
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (two oversubscribe a shared machine ~100x)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="module")
 def ad():
     return tiny_adapter()
