@@ -191,7 +191,11 @@ def _history(extra: dict) -> str:
     if not runs:
         return ""
     parts = [f"{r['train_config']['steps']} steps at lr {r['train_config']['lr']} ({r['seconds_train']:.0f} s)" for r in runs]
-    return f"* Continued training: the steps above follow earlier run(s) on the same data: {'; '.join(parts)}.\n"
+    return (
+        f"* Continued training: the steps above follow earlier run(s) on the same data: {'; '.join(parts)}.\n"
+        "  The same held-out set was scored after each run; training was continued because the training\n"
+        "  loss was still falling, with no other choice made on the test scores.\n"
+    )
 
 
 def write_model_card(checkpoint: Path) -> Path:
