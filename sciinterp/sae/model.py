@@ -179,13 +179,14 @@ class SparseAutoencoder(nn.Module):
     def encode(self, x: torch.Tensor, max_active: int | None = None) -> SparseCodes:
         """(B, d_in) -> :class:`SparseCodes` ``(B, k)``, sorted by value, descending.
 
-        ``topk`` gives exactly ``k`` per row.  Other architectures pad every row to the
-        largest active count in the batch (or ``max_active``, keeping the largest) with
-        index -1 and value 0.
+        ``topk`` gives ``k`` slots per row.  Other architectures pad every row to the
+        largest active count in the batch (or ``max_active``, keeping the largest).  Slots
+        without an active latent hold index -1 and value 0.
         """
         if self.cfg.architecture == "topk":
             v, i = self.pre_acts(x).topk(self.cfg.k, dim=1)
-            return SparseCodes(v.relu(), i)
+            v = v.relu()
+            return SparseCodes(v, torch.where(v > 0, i, torch.full_like(i, -1)))
         z = self.encode_dense(x)
         width = int((z > 0).sum(1).max()) if z.shape[0] else 0
         if max_active is not None:
@@ -204,7 +205,11 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> ForwardOutput:
         """Reconstruction, codes and losses of a batch (FVU against the batch's own variance)."""
         out = self.loss_terms(x)
-        codes = SparseCodes(*out.codes) if out.codes is not None else self.encode(x)
+        if out.codes is None:
+            codes = self.encode(x)
+        else:
+            v, i = out.codes
+            codes = SparseCodes(v, torch.where(v > 0, i, torch.full_like(i, -1)))
         return out._replace(codes=codes)
 
     # -- training ------------------------------------------------------------------------------
@@ -237,7 +242,8 @@ class SparseAutoencoder(nn.Module):
         aux = sparsity = zero
         codes = None
         arch = cfg.architecture
-        if arch in ("topk", "batchtopk") and fast_kernels_enabled():
+        batch_rule = arch == "batchtopk" and self.training  # eval: the saved threshold (a JumpReLU)
+        if (arch == "topk" or batch_rule) and fast_kernels_enabled():
             k_aux = cfg.auxk_k or self.d_in // 2
             k = cfg.k if arch == "topk" else min(self.d_sae, 4 * cfg.k)
             enc = topk_encode(x, self.W_enc, self.b_enc, self.b_dec, k,
@@ -267,6 +273,8 @@ class SparseAutoencoder(nn.Module):
                 theta = self.log_threshold.exp()
                 z = _JumpReLU.apply(pre, theta, cfg.jumprelu_bandwidth)
                 sparsity = cfg.l0_coeff * _Step.apply(pre, theta, cfg.jumprelu_bandwidth).sum() / n
+            elif arch == "batchtopk" and not self.training:
+                z = pre * (pre > self.threshold) * (pre > 0)
             else:  # dense reference of topk / batchtopk (SCIINTERP_NO_FAST_KERNELS=1)
                 z = self._dense_topk(pre, n, all_gather)
             x_hat = z @ self.W_dec + self.b_dec

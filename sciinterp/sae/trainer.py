@@ -256,7 +256,12 @@ def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfi
           all_gather, where: str) -> None:
     """One optimisation step of one SAE on the local rows ``x``."""
     sae, cfg = run.sae, run.cfg
-    xn = (x - run.mean) / run.scale if cfg.normalize != "none" else x
+    if cfg.normalize == "none":
+        xn = x
+    elif cfg.normalize == "expected_norm":
+        xn = x * (1.0 / run.scale)  # scalar scale, zero mean: one pass
+    else:
+        xn = (x - run.mean) / run.scale
     dead = None
     if cfg.architecture in ("topk", "batchtopk") and cfg.auxk_alpha > 0:
         ids = (run.since_fired >= cfg.dead_tokens).nonzero().squeeze(1)
@@ -407,7 +412,7 @@ def fit(
     for r in runs:
         r.sae.train()
     logger = _Logger(out if rank == 0 else None, [r.name for r in runs], tc, state["step"])
-    bar = tqdm(total=steps, initial=state["step"], disable=not tc.progress or rank == 0 and False or rank != 0,
+    bar = tqdm(total=steps, initial=state["step"], disable=not tc.progress or rank != 0,
                desc="train SAE", unit="step", dynamic_ncols=True)
     step, rows = state["step"], state["rows"]
     t0, rows0 = time.perf_counter(), rows
