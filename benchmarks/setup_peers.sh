@@ -31,8 +31,10 @@ have torch || "${pip[@]}" "torch==2.14.1"
 have sparsify || "${pip[@]}" eai-sparsify
 have sae_lens || "${pip[@]}" sae-lens
 
-# dictionary-learning declares torchvision (unused by its TopK trainer) and a torch
-# range that fights the pin: install it without deps, then its real deps by hand.
+# dictionary-learning 0.1.0 declares nnsight<0.4 (whose torch/torchvision pins fight ours),
+# umap-learn, circuitsvis, llvmlite: none is used by AutoEncoderTopK/TopKTrainer/trainSAE.
+# Install it without deps, then what its import chain needs (its buffer imports nnsight;
+# the current nnsight imports fine).  `pip check` then lists those declared extras as missing.
 if ! have dictionary_learning; then
     "${pip[@]}" --no-deps dictionary-learning
     "${pip[@]}" einops tqdm h5py nnsight 2>/dev/null || "${pip[@]}" einops tqdm h5py

@@ -69,8 +69,17 @@ def parse_spec(argv: list[str] | None = None) -> Spec:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup-batches", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="system options (a runner reads those it knows; values parsed as JSON when possible)")
     a = p.parse_args(argv)
-    return Spec(a.data_dir, a.rows, a.out, a.d_sae, a.k, a.batch, a.lr, a.threads, a.warmup_batches, a.seed)
+    extra = {}
+    for kv in a.set:
+        key, _, val = kv.partition("=")
+        try:
+            extra[key] = json.loads(val)
+        except json.JSONDecodeError:
+            extra[key] = val
+    return Spec(a.data_dir, a.rows, a.out, a.d_sae, a.k, a.batch, a.lr, a.threads, a.warmup_batches, a.seed, extra)
 
 
 def setup_threads(n: int) -> None:

@@ -9,6 +9,7 @@ in file order (the same order every peer sees), ignoring the trainer's shuffle.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import tempfile
 from collections.abc import Iterator
@@ -46,9 +47,13 @@ def main() -> None:
 
     clock = common.Clock(spec.warmup_batches)
     src = BenchSource(spec, clock)
-    cfg = SAEConfig(architecture="topk", d_sae=spec.d_sae, k=spec.k, lr=spec.lr or None, seed=spec.seed)
-    tc = TrainerConfig(batch_size=spec.batch, max_rows=src.n_rows, device="cpu", threads=spec.threads,
-                       progress=False, log_every=50, checkpoint_every=0, resume=False)
+    sae_keys = {f.name for f in dataclasses.fields(SAEConfig)}
+    opts = dict(spec.extra)  # --set KEY=VALUE: SAEConfig or TrainerConfig fields
+    cfg = SAEConfig(architecture="topk", d_sae=spec.d_sae, k=spec.k, lr=spec.lr or None, seed=spec.seed,
+                    **{k: v for k, v in opts.items() if k in sae_keys})
+    tc = TrainerConfig(**{"progress": False, "log_every": 50, "checkpoint_every": 0, "resume": False,
+                          **{k: v for k, v in opts.items() if k not in sae_keys},
+                          "batch_size": spec.batch, "max_rows": src.n_rows, "device": "cpu", "threads": spec.threads})
     with tempfile.TemporaryDirectory() as tmp:
         (path,) = train(src, [cfg], tc, tmp)
         sae = SparseAutoencoder.load(path)
