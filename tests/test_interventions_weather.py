@@ -11,7 +11,7 @@ from sciinterp.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from sciinterp.splice import FeatureEdit  # noqa: E402
 from sciinterp_adapters.weather.interventions import (  # noqa: E402
     G, R_DRY, ForecastLossRecovered, box_mask, conservation, edit_forecast, forecast_faithfulness,
-    hydrostatic_thickness_error, lead_step, shallow_water_budgets,
+    hydrostatic_thickness_error, lead_step, level_field, shallow_water_budgets,
 )
 from sciinterp_adapters.weather.sfno import SFNOAdapter, SFNOMeta, build_sfno  # noqa: E402
 from sciinterp_adapters.weather.shallow_water import grid_latitudes  # noqa: E402
@@ -192,3 +192,31 @@ def test_downstream_eval_for_the_trainer(ad, ds):
     out = ForecastLossRecovered(ad, "block0", ds, n_steps=2)(linear_sae(D))
     assert out["recovered"] == pytest.approx(1.0, abs=1e-6) and out["fve"] == pytest.approx(1.0, abs=1e-5)
     assert set(out) >= {"recovered_z", "rmse_sae_u", "rmse_mean_v"}
+
+
+def test_thickness_check_on_a_model_with_pressure_level_channels():
+    """A tiny SFNO over z500, z1000, t500, t700, t1000: thickness consistency before and after an edit."""
+    torch.manual_seed(0)
+    names = ["z500", "z1000", "t500", "t700", "t1000"]
+    mean = {"z500": 5.5e4, "z1000": 1e3, "t500": 250.0, "t700": 265.0, "t1000": 285.0}
+    std = {"z500": 2e3, "z1000": 1e3, "t500": 5.0, "t700": 5.0, "t1000": 5.0}
+    meta = SFNOMeta(model=dict(img_size=[NLAT, NLON], scale_factor=1, in_chans=5, out_chans=5, embed_dim=D, num_layers=1),
+                    variables=names, mean=mean, std=std, tendency_std={k: v / 10 for k, v in std.items()}, model_id="tiny-levels")
+    ad = SFNOAdapter(None, model=build_sfno(meta.model), meta=meta)
+    lat, lon = grid_latitudes(NLAT), np.arange(NLON) * 360.0 / NLON
+    t = {"t500": 250.0, "t700": 265.0, "t1000": 285.0}
+    lnp = np.log([500.0, 700.0, 1000.0])
+    tbar = np.trapezoid([t["t500"], t["t700"], t["t1000"]], lnp) / (lnp[-1] - lnp[0])
+    z1000 = 1000.0
+    state = {**t, "z1000": z1000, "z500": z1000 + R_DRY * tbar * np.log(2.0)}  # exactly hydrostatic
+    time = np.datetime64("2001-03-01T00") + np.arange(2) * np.timedelta64(6, "h")
+    ds = xr.Dataset({k: (("time", "lat", "lon"), np.full((2, NLAT, NLON), v, dtype="float32"), {"units": "m2 s-2" if k[0] == "z" else "K"})
+                     for k, v in state.items()}, coords={"time": time, "lat": ("lat", lat, {"units": "degrees_north"}),
+                                                         "lon": ("lon", lon, {"units": "degrees_east"})})
+    assert float(hydrostatic_thickness_error(*(level_field(ds.isel(time=0), n) for n in "zt"))) == pytest.approx(0, abs=0.01)
+    r = edit_forecast(ad, ds, "block0", linear_sae(D), [FeatureEdit([0, 2], "scale", 5.0)], lead=12, n_steps=2)
+    assert r["thickness_error"].dims == ("forecast", "time", "lead")
+    assert float(r["thickness_change"].sel(lead=6)) == 0 and float(r["thickness_change"].sel(lead=12)) > 0
+    assert float(r["thickness_drift"].sel(lead=6)) > 0 and np.isfinite(r["thickness_ratio"]).all()
+    before = r["thickness_error"].sel(lead=6)
+    np.testing.assert_array_equal(before.sel(forecast="clean"), before.sel(forecast="edited"))

@@ -21,6 +21,7 @@ anyway; ≫ 1 means it breaks the balance the model keeps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ from sciinterp.splice import FeatureEdit, loss_recovered, splice
 
 __all__ = [
     "RUNS", "ForecastLossRecovered", "box_mask", "conservation", "edit_forecast", "forecast_faithfulness",
-    "hydrostatic_thickness_error", "lead_step", "rollout", "shallow_water_budgets",
+    "hydrostatic_thickness_error", "lead_step", "level_field", "rollout", "shallow_water_budgets", "thickness_check",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,32 +98,26 @@ def _initial(adapter: Any, data: Any, max_times: int | None) -> tuple[xr.Dataset
     return ds, adapter._tensor(init)
 
 
-def rollout(adapter: Any, x0: torch.Tensor, n_steps: int, **splice_kw: Any) -> torch.Tensor:
-    """``(B, n_steps, C, lat, lon)`` forecast from ``x0 (B, C, lat, lon)``; ``splice_kw`` go to :func:`splice`.
+def rollout(adapter: Any, x0: torch.Tensor, n_steps: int, hook: str | None = None, stats: list | None = None,
+            **splice_kw: Any) -> torch.Tensor:
+    """``(B, n_steps, C, lat, lon)`` forecast from ``x0 (B, C, lat, lon)``, spliced at ``hook`` when given.
 
-    The splice is entered once per batch of ``adapter.batch_size`` initial times, so its
-    ``steps`` count forward calls of one rollout.
+    ``splice_kw`` go to :func:`~sciinterp.splice.splice`, entered once per batch of
+    ``adapter.batch_size`` initial times (so its ``steps`` count the forward calls of one rollout);
+    each batch's :class:`~sciinterp.splice.SpliceStats` is appended to ``stats``.
     """
     out = []
-    hook = splice_kw.pop("hook", None)
     with torch.no_grad():
         for start in range(0, x0.shape[0], adapter.batch_size):
             x, steps = x0[start:start + adapter.batch_size], []
-            ctx = splice(adapter.hook_point(hook), **splice_kw) if hook else _null()
-            with ctx:
+            with splice(adapter.hook_point(hook), **splice_kw) if hook else contextlib.nullcontext() as st:
                 for _ in range(n_steps):
                     x = adapter.step(x)
                     steps.append(x.cpu())
+            if stats is not None and st is not None:
+                stats.append(st)
             out.append(torch.stack(steps, 1))
     return torch.cat(out)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _truth(adapter: Any, ds: xr.Dataset, n_init: int, n_steps: int) -> torch.Tensor:
@@ -186,7 +181,7 @@ def forecast_faithfulness(adapter: Any, data: Any, hook: str, sae: Any, *, n_ste
     fve = float("nan")
     for run, k in kw.items():
         stats: list = []
-        fc[run] = _rollout_stats(adapter, x0, n_steps, hook, sae, stats, **k)
+        fc[run] = rollout(adapter, x0, n_steps, hook, stats, sae=sae if k["replace"] == "sae" else None, **k)
         if run == "sae":
             err, norm = sum(s.sq_err for s in stats), sum(s.sq_norm for s in stats)
             fve = 1 - err / norm if norm else float("nan")
@@ -205,20 +200,6 @@ def forecast_faithfulness(adapter: Any, data: Any, hook: str, sae: Any, *, n_ste
         coords={"run": list(RUNS), "variable": list(adapter.meta.variables), "lead": ("lead", leads, {"units": "hours"})},
         attrs={"hook": hook, "fve": fve, "n_init": int(x0.shape[0])},
     )
-
-
-def _rollout_stats(adapter, x0, n_steps, hook, sae, stats: list, **kw) -> torch.Tensor:
-    out = []
-    with torch.no_grad():
-        for start in range(0, x0.shape[0], adapter.batch_size):
-            x, steps = x0[start:start + adapter.batch_size], []
-            with splice(adapter.hook_point(hook), sae if kw.get("replace") == "sae" else None, **kw) as st:
-                for _ in range(n_steps):
-                    x = adapter.step(x)
-                    steps.append(x.cpu())
-            stats.append(st)
-            out.append(torch.stack(steps, 1))
-    return torch.cat(out)
 
 
 class ForecastLossRecovered:
@@ -304,9 +285,11 @@ def edit_forecast(
         out[f"{v}_diff"] = (dims, (edited - clean)[:, :, i].numpy())
     out["rmse_diff"] = (("variable", "lead"), _rmse(edited, clean, w))
     out = out.assign_coords(variable=list(adapter.meta.variables))
+    init = ds.isel(time=slice(0, x0.shape[0]))
     if {"z", "u", "v"} <= set(adapter.meta.variables):
-        init = ds.isel(time=slice(0, x0.shape[0]))
         out = out.merge(conservation(init, out))
+    if {"z500", "z1000", "t500", "t1000"} <= set(adapter.meta.variables):
+        out = out.merge(thickness_check(init, out, adapter.meta.variables))
     out.attrs.update(hook=hook, edits="; ".join(f"{e.op}({list(map(int, e.features))}, {e.value:g})" for e in edits),
                      lat=str(lat), lon=str(lon), edit_leads=str([int(leads[s]) for s in steps] if steps else "all"),
                      keep_error=int(keep_error))
@@ -395,3 +378,36 @@ def run_interventions(adapter: Any, sae: Any, data: Any, cfg: Any, mean: torch.T
             if f"{q}_ratio" in out:
                 out.attrs[f"{q}_ratio_max"] = float(out[f"{q}_ratio"].max())
     return out
+
+
+def level_field(ds: xr.Dataset, name: str, suffix: str = "") -> xr.DataArray | None:
+    """Channels ``{name}{hPa}{suffix}`` of ``ds`` (``z500``, ``z1000_clean``) stacked along ``level`` (hPa, ascending)."""
+    found = {}
+    for k in map(str, ds.data_vars):
+        core = k[: len(k) - len(suffix)]
+        if k.endswith(suffix) and core.startswith(name) and core[len(name):].isdigit():
+            found[float(core[len(name):])] = k
+    if not found:
+        return None
+    levels = sorted(found)
+    return xr.concat([ds[found[p]] for p in levels], dim=xr.DataArray(levels, dims="level", name="level"))
+
+
+def thickness_check(init: xr.Dataset, edit: xr.Dataset, variables: Sequence[str]) -> xr.Dataset:
+    """How an edit changes hydrostatic consistency of the 1000–500 hPa layer, relative to the model's drift.
+
+    ``thickness_error (forecast, time, lead)`` is :func:`hydrostatic_thickness_error` (m) of the
+    clean and edited forecasts; ``thickness_change``, ``thickness_drift`` (from the initial state's
+    error, floored at 1 mm) and ``thickness_ratio`` per lead as in :func:`conservation`.
+    """
+    def err(ds: xr.Dataset, suffix: str = "") -> xr.DataArray:
+        return hydrostatic_thickness_error(level_field(ds, "z", suffix), level_field(ds, "t", suffix))
+
+    e0, ec, ee = err(init), err(edit, "_clean"), err(edit, "_edited")
+    change = abs(ee - ec).mean("time")
+    drift = np.maximum(abs(ec - e0.values[:, None]).mean("time"), 1e-3)
+    return xr.Dataset({
+        "thickness_error": xr.concat([ec, ee], dim=xr.DataArray(["clean", "edited"], dims="forecast")).assign_attrs(units="m"),
+        "thickness_change": change, "thickness_drift": drift, "thickness_ratio": change / float(drift.max()),
+    })
+
