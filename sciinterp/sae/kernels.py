@@ -18,6 +18,7 @@ debugging.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -94,13 +95,17 @@ def latent_sums(indices: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor
                            per_sample_weights=weights.reshape(-1)[plan.order].to(rows.dtype))
 
 
+@functools.lru_cache(maxsize=8)
+def _bags(B: int, k: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets (B,) and bag ids (B*k,) of B bags of k slots (cached: the same every step)."""
+    return torch.arange(0, B * k, k, device=device), torch.arange(B, device=device).repeat_interleave(k)
+
+
 def _gather_dot(indices: torch.Tensor, table: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     """``out[b, s] = <table[indices[b, s]], vec[b]>`` (B, k), without materialising the gathered rows."""
     B, k = indices.shape
     flat = indices.reshape(-1)
-    dev = indices.device
-    offsets = torch.arange(0, B * k, k, device=dev)
-    bag = torch.arange(B, device=dev).repeat_interleave(k)
+    offsets, bag = _bags(B, k, str(indices.device))
     out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
         vec.to(table.dtype).contiguous(), table, flat, offsets, bag, 0, -1)
     return out.view(B, k).to(vec.dtype)
