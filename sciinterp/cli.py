@@ -35,10 +35,23 @@ def _hydra_entry() -> None:
 
     @hydra.main(version_base="1.3", config_path="pkg://sciinterp.conf", config_name="config")
     def _main(cfg: DictConfig) -> None:
+        _multirun_out(cfg)
         _save_config(cfg)
         run_from_config(cfg)
 
     _main()
+
+
+def _multirun_out(cfg) -> None:
+    """In a multirun sweep, give each job its own ``<out>/<overrides>`` so stages never collide."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.out = str(Path(cfg.out) / (hc.job.override_dirname or f"job{hc.job.num}"))
 
 
 def _save_config(cfg) -> None:
@@ -89,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}\n{USAGE}", file=sys.stderr)
         return 2
     overrides = ["force=true" if a == "--force" else a for a in rest]
+    # `data.path=acts.npy` works whether or not the chosen data config declares `path`
+    overrides = ["++" + a if a.startswith("data.path=") else a for a in overrides]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    sys.argv = [f"sciinterp {stage}", f"stage={stage}", *overrides]
+    flags = [a for a in overrides if a.startswith("-")]  # Hydra's own flags (-m, --cfg job...) go first
+    sys.argv = [f"sciinterp {stage}", *flags, f"stage={stage}", *(a for a in overrides if not a.startswith("-"))]
     _hydra_entry()
     return 0
 
