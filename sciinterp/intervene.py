@@ -158,7 +158,9 @@ def _write_netcdf(ds: xr.Dataset, path: Path) -> None:
     for name, v in list(clean.variables.items()):
         if v.dtype == bool:
             clean[name] = v.astype("int8")
-    clean.attrs = {k: (v if isinstance(v, (str, int, float)) else str(v)) for k, v in ds.attrs.items()}
+    clean.attrs = {k: (v if isinstance(v, (str, int, float)) else np.asarray(v, dtype=float)
+                       if isinstance(v, (list, tuple, np.ndarray)) and np.asarray(v).dtype.kind in "iuf" else str(v))
+                   for k, v in ds.attrs.items()}
     clean.to_netcdf(tmp, engine="h5netcdf")
     os.replace(tmp, path)
 
@@ -297,5 +299,17 @@ def _diff_maps(r: xr.Dataset, var: str):
     for ax, ld in zip(axes, leads):
         im = ax.pcolormesh(r["lon"], r["lat"], d.sel(lead=ld), cmap="RdBu_r", vmin=-lim, vmax=lim, shading="nearest")
         ax.set_title(f"{var} +{int(ld)} h", fontsize=8)
+        _outline(ax, r.attrs.get("box"))
     fig.colorbar(im, ax=axes.tolist(), label=var)
     return fig
+
+
+def _outline(ax: Any, box: Any) -> None:
+    """Draw the edited lat/lon box ``[south, north, west, east]`` (wrapping through 0° when west > east)."""
+    if box is None or np.size(box) != 4:
+        return
+    s, n, w, e = (float(v) for v in box)
+    w, e = w % 360, (360.0 if e == 360 else e % 360)
+    for lo, hi in ([(w, e)] if w <= e else [(w, 360.0), (0.0, e)]):
+        ax.plot([lo, hi, hi, lo, lo], [s, s, n, n, s], color="k", lw=0.8)
+

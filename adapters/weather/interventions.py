@@ -291,7 +291,8 @@ def edit_forecast(
     if {"z500", "z1000", "t500", "t1000"} <= set(adapter.meta.variables):
         out = out.merge(thickness_check(init, out, adapter.meta.variables))
     out.attrs.update(hook=hook, edits="; ".join(f"{e.op}({list(map(int, e.features))}, {e.value:g})" for e in edits),
-                     lat=str(lat), lon=str(lon), edit_leads=str([int(leads[s]) for s in steps] if steps else "all"),
+                     lat=str(lat), lon=str(lon),
+                     box=[float(v) for v in (*(lat or (-90, 90)), *(lon or (0, 360)))], edit_leads=str([int(leads[s]) for s in steps] if steps else "all"),
                      keep_error=int(keep_error))
     return out
 
