@@ -53,7 +53,7 @@ class InterveneConfig:
     """Hook the SAE was trained on (``"layer4"``, ``"block3"``)."""
     features: list[int] = field(default_factory=list)
     """SAE features to edit; empty: faithfulness only."""
-    op: Literal["zero", "clamp", "scale"] = "scale"
+    op: Literal["zero", "clamp", "scale"] = "zero"
     """Edit: ablate (``zero``), set to ``value`` (``clamp``) or multiply by ``value`` (``scale``)."""
     value: float = 0.0
     """Clamp value or scale factor α."""
