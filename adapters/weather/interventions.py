@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sciinterp.splice import FeatureEdit, loss_recovered, splice
+from sciinterp.splice import FeatureEdit, splice
 
 __all__ = [
     "RUNS", "ForecastLossRecovered", "box_mask", "conservation", "edit_forecast", "forecast_faithfulness",
