@@ -491,7 +491,7 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = fit(source, saes, trainer, out, callbacks=callbacks, evaluators=evaluators)
-    rank, _ = _dist()
+    rank, world = _dist()
     paths = []
     for sae, name in zip(result, _names(saes)):
         path = out / name
@@ -502,4 +502,8 @@ def train(
         paths.append(path)
     if rank == 0 and (out / CHECKPOINT).exists():
         (out / CHECKPOINT).unlink()
+    if world > 1:  # other ranks return once rank 0 has written the directories
+        import torch.distributed as dist
+
+        dist.barrier()
     return paths
