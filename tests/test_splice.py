@@ -87,3 +87,19 @@ def test_loss_recovered():
     assert loss_recovered(clean=2.0, spliced=2.5, ablated=4.0) == pytest.approx(0.75)
     with pytest.raises(ValueError, match="ablation does not change the loss"):
         loss_recovered(1.0, 1.0, 1.0)
+
+
+def test_steps_rewrite_only_the_chosen_forward_calls():
+    model = _model()
+    point = ModuleAdapter(model, {"h": "0"}, channel_dim=1).hook_point("h")
+    x = torch.randn(1, 2, 2, 2)
+    clean = model(x)
+    with splice(point, replace="zero", steps={1}) as st:
+        outs = [model(x) for _ in range(3)]
+    torch.testing.assert_close(outs[0], clean)
+    torch.testing.assert_close(outs[1], model[1](torch.zeros(1, 4, 2, 2)))
+    torch.testing.assert_close(outs[2], clean)
+    assert st.calls == 3 and st.edited_tokens == 4  # one rewritten call of 2x2 tokens
+    with pytest.raises(ValueError, match=r"steps=\[-1\]: forward-call indices count from 0"):
+        with splice(point, replace="zero", steps=[-1]):
+            pass
