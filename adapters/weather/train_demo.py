@@ -234,7 +234,7 @@ model that has learnt real dynamics, without downloading weights.  It is not a w
 * Training data: `{ex['train_data']}` (2-day spin-up, 6-hourly); {rec['extra']['train_config']['steps']}
   AdamW steps of batch {rec['extra']['train_config']['batch_size']}, one-cycle learning rate
   {rec['extra']['train_config']['lr']}, latitude-weighted MSE; {ex['seconds_train']:.0f} s of training
-  with {ex['torch_threads']} torch thread on a shared 2-core machine (data generation {ex['seconds_data']:.0f} s).
+  with {ex['torch_threads']} torch thread on a shared 2-core machine (generating or loading the data: {ex['seconds_data']:.0f} s in this run).
 {_history(ex)}* Test data: `{ex['test_data']}` (other seed: unseen jets and eddies), every initial time with 48 h of truth.
 
 ## Skill against persistence (held-out trajectories)
