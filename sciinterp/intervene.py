@@ -94,10 +94,12 @@ class InterveneConfig:
         self.features = [int(f) for f in self.features]
         if any(f < 0 for f in self.features):
             raise ValueError(f"InterveneConfig.features={self.features}: feature indices are >= 0")
-        for name in ("residues", "lat", "lon"):
+        for name in ("residues", "lat", "lon"):  # plain lists (Hydra passes ListConfig)
             v = getattr(self, name)
-            if v is not None and len(v) != 2:
-                raise ValueError(f"InterveneConfig.{name}={list(v)}: give two values [start, stop]")
+            if v is not None:
+                setattr(self, name, v := [int(x) if name == "residues" else float(x) for x in v])
+                if len(v) != 2:
+                    raise ValueError(f"InterveneConfig.{name}={v}: give two values [start, stop]")
         if self.residues is not None and not 1 <= self.residues[0] <= self.residues[1]:
             raise ValueError(f"InterveneConfig.residues={list(self.residues)}: need 1 <= start <= stop (1-based)")
         if self.n_steps < 1:
