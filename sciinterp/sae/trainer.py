@@ -8,7 +8,6 @@ across ranks and sums gradients, so a run's result does not depend on the world 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -23,8 +22,10 @@ from typing import Any, NamedTuple
 import torch
 
 from sciinterp.sae.config import SAEConfig, TrainerConfig
+from sciinterp.sae.dist import all_gather_fn, all_sum_fn, get_dist, pick_device
 from sciinterp.sae.metrics import DownstreamEval
 from sciinterp.sae.model import SparseAutoencoder
+from sciinterp.sae.runlog import RunLogger
 
 __all__ = ["StepInfo", "fit", "train"]
 
@@ -57,63 +58,6 @@ class _Run:
     since_fired: torch.Tensor
     fired_count: torch.Tensor
     last: dict[str, float] = field(default_factory=dict)
-
-
-class _Dist(NamedTuple):
-    rank: int
-    world: int
-
-
-def _dist() -> _Dist:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return _Dist(dist.get_rank(), dist.get_world_size())
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        return _Dist(dist.get_rank(), dist.get_world_size())
-    return _Dist(0, 1)
-
-
-def _all_sum(world: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    if world == 1:
-        return lambda t: t
-    import torch.distributed as dist
-
-    def f(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach().clone()
-        dist.all_reduce(t)
-        return t
-
-    return f
-
-
-def _all_gather(world: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Concatenate 1-D tensors of possibly different lengths over ranks, in rank order."""
-    if world == 1:
-        return lambda t: t
-    import torch.distributed as dist
-
-    def f(t: torch.Tensor) -> torch.Tensor:
-        n = torch.tensor([t.numel()], device=t.device)
-        sizes = [torch.zeros_like(n) for _ in range(world)]
-        dist.all_gather(sizes, n)
-        top = int(max(s.item() for s in sizes))
-        padded = torch.cat([t, t.new_zeros(top - t.numel())])
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
-
-    return f
-
-
-def _device(name: str, rank: int) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def _lr_factor(step: int, total: int, tc: TrainerConfig) -> float:
@@ -324,61 +268,6 @@ def _load_checkpoint(path: Path, runs: list[_Run], fingerprint: str, dev: torch.
     return doc
 
 
-class _Logger:
-    """CSV per SAE under ``<out>/logs``, optional TensorBoard / wandb."""
-
-    FIELDS = ("step", "rows", "loss", "fvu", "fve", "aux", "l0", "dead", "lr", "rows_per_s")
-
-    def __init__(self, out: Path | None, names: list[str], tc: TrainerConfig, resume_step: int):
-        self.files, self.sinks = {}, []
-        if out is None:
-            return
-        logs = out / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        for n in names:
-            p = logs / f"{n}.csv"
-            rows = list(csv.DictReader(p.open())) if p.exists() and resume_step else []
-            f = p.open("w", newline="")
-            w = csv.DictWriter(f, self.FIELDS)
-            w.writeheader()
-            w.writerows(r for r in rows if int(r["step"]) <= resume_step)
-            self.files[n] = (f, w)
-        if "tensorboard" in tc.trackers:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.sinks.append(("tb", SummaryWriter(str(logs / "tensorboard"))))
-            except ImportError:
-                log.warning("tensorboard is not installed (pip install tensorboard); skipping it")
-        if "wandb" in tc.trackers:
-            try:
-                import wandb
-                self.sinks.append(("wandb", wandb.init(project="sciinterp", dir=str(logs))))
-            except ImportError:
-                log.warning("wandb is not installed (pip install wandb); skipping it")
-
-    def write(self, step: int, rows: int, runs: list[_Run], rate: float) -> None:
-        for r in runs:
-            row = {"step": step, "rows": rows, **{k: r.last.get(k) for k in ("loss", "fvu", "aux", "l0", "dead", "lr")},
-                   "fve": 1 - r.last["fvu"], "rows_per_s": round(rate, 1)}
-            if r.name in self.files:
-                f, w = self.files[r.name]
-                w.writerow(row)
-                f.flush()
-            for kind, sink in self.sinks:
-                scalars = {f"{r.name}/{k}": v for k, v in row.items() if k not in ("step", "rows")}
-                if kind == "tb":
-                    for k, v in scalars.items():
-                        sink.add_scalar(k, v, step)
-                else:
-                    sink.log(scalars, step=step)
-
-    def close(self) -> None:
-        for f, _ in self.files.values():
-            f.close()
-        for kind, sink in self.sinks:
-            sink.close() if kind == "tb" else sink.finish()
-
-
 def fit(
     source: Any, saes: Sequence[SAEConfig], trainer: TrainerConfig, out_dir: str | os.PathLike | None = None, *,
     callbacks: Sequence[Callable[[StepInfo], None]] = (), evaluators: Mapping[str, DownstreamEval] | None = None,
@@ -397,9 +286,9 @@ def fit(
     src = as_source(source)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    rank, world = _dist()
-    dev = _device(tc.device, rank)
-    all_sum, all_gather = _all_sum(world), _all_gather(world)
+    rank, world = get_dist()
+    dev = pick_device(tc.device, rank)
+    all_sum, all_gather = all_sum_fn(world), all_gather_fn(world)
     out = Path(out_dir) if out_dir is not None else None
     total, steps = _schedule(src.n_rows, tc)
     runs = _prepare(src, saes, tc, dev)
@@ -411,7 +300,7 @@ def fit(
         log.info("resuming from %s at step %d (%d rows)", ckpt, state["step"], state["rows"])
     for r in runs:
         r.sae.train()
-    logger = _Logger(out if rank == 0 else None, [r.name for r in runs], tc, state["step"])
+    logger = RunLogger(out if rank == 0 else None, [r.name for r in runs], tc, state["step"])
     bar = tqdm(total=steps, initial=state["step"], disable=not tc.progress or rank != 0,
                desc="train SAE", unit="step", dynamic_ncols=True)
     step, rows = state["step"], state["rows"]
@@ -491,7 +380,7 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = fit(source, saes, trainer, out, callbacks=callbacks, evaluators=evaluators)
-    rank, world = _dist()
+    rank, world = get_dist()
     paths = []
     for sae, name in zip(result, _names(saes)):
         path = out / name
