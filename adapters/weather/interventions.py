@@ -367,8 +367,8 @@ def run_interventions(adapter: Any, sae: Any, data: Any, cfg: Any, mean: torch.T
     if cfg.faithfulness:
         f = forecast_faithfulness(adapter, data, cfg.hook, sae, n_steps=cfg.n_steps, mean=mean, max_times=cfg.max_items)
         out = out.merge(f.rename({k: f"faith_{k}" for k in f.data_vars}))
-        out.attrs.update(faith_fve=f.attrs["fve"], faith_recovered_mean=float(f["recovered"].mean()),
-                         faith_recovered_truth_mean=float(f["recovered_truth"].mean()))
+        out.attrs.update(faith_fve=f.attrs["fve"], faith_recovered_avg=float(f["recovered"].mean()),
+                         faith_recovered_truth_avg=float(f["recovered_truth"].mean()))
     if cfg.features:
         edit = edit_forecast(adapter, data, cfg.hook, sae, [FeatureEdit(list(cfg.features), cfg.op, cfg.value)],
                              lat=tuple(cfg.lat) if cfg.lat else None, lon=tuple(cfg.lon) if cfg.lon else None,
