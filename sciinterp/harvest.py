@@ -79,7 +79,7 @@ def harvest_to_store(
     chunk_rows: int = 8192,
     flush_rows: int | None = None,
     nonfinite: Literal["error", "drop"] = "error",
-    compression: Literal["zstd", "none"] = "zstd",
+    compression: Literal["lz4", "zstd", "none"] = "lz4",
     attrs: Mapping[str, Any] | None = None,
     part: tuple[int, int] | None = None,
     progress: bool = True,

@@ -23,7 +23,10 @@ __all__ = [
     "COMMIT_ATTR",
     "DTYPE_ATTR",
     "FORMAT_VERSION",
+    "CATEGORIES_ATTR",
+    "COMPRESSIONS",
     "ITEMS_ARRAY",
+    "READ_VERSIONS",
     "StoreError",
     "decode_rows",
     "is_store",
@@ -35,13 +38,52 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+"""Version 3: string coordinates are dictionary-encoded (``int32`` codes + a categories array)."""
+READ_VERSIONS = (2, 3)
 COMMIT_ATTR = "sciinterp_commit"
 ITEMS_ARRAY = "sciinterp_items"
 DTYPE_ATTR = "sciinterp_dtype"
 Dtype = Literal["float32", "float16", "bfloat16"]
 _NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 _ITEM_CHUNK = 4096
+CATEGORIES_ATTR = "sciinterp_categories"
+"""Attribute of a dictionary-encoded coordinate: the name of its categories array."""
+COMPRESSIONS = ("lz4", "zstd", "none")
+
+
+def categories_array(coord: str) -> str:
+    """Name of the array holding the categories (distinct strings) of coordinate ``coord``."""
+    return f"sciinterp_categories_{coord}"
+
+
+def activation_compressors(compression: str) -> Any:
+    """zarr ``compressors`` for activation arrays: ``lz4`` (Blosc, bit-shuffled), ``zstd`` or ``none``."""
+    if compression == "lz4":
+        from zarr.codecs import BloscCodec
+
+        return BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
+    if compression == "zstd":
+        return "auto"
+    if compression == "none":
+        return None
+    raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
+
+
+def factorize_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, uniques)`` of a 1-d string array, hashing only the starts of runs of equal values.
+
+    Token coordinates such as ``time`` or ``protein`` come in long runs, so this is
+    ~5x cheaper than hashing every value.  ``uniques[codes]`` equals ``values``.
+    """
+    import pandas as pd
+
+    values = np.asarray(values)
+    if values.size == 0:
+        return np.zeros(0, np.int64), values[:0]
+    starts = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))
+    codes, uniques = pd.factorize(values[starts])
+    return np.repeat(codes, np.diff(np.append(starts, values.size))), np.asarray(uniques)
 
 
 class StoreError(ValueError):
@@ -95,10 +137,10 @@ def read_commit(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(rec, dict):
         raise StoreError(f"{path} is a zarr group but not a sciinterp activation store (no {COMMIT_ATTR!r} attribute)")
     version = rec.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise StoreError(
             f"{path} was written with store format {version}, this sciinterp reads "
-            f"format {FORMAT_VERSION}; re-harvest it or use a matching sciinterp version"
+            f"formats {READ_VERSIONS[0]} to {READ_VERSIONS[-1]}; re-harvest it or use a matching sciinterp version"
         )
     return rec
 
@@ -150,6 +192,8 @@ def _finite_rows(a: np.ndarray, dtype: str) -> np.ndarray:
     """Rows of on-disk activations ``(n, d)`` whose values are all finite."""
     if dtype == "bfloat16":
         return ((a & np.uint16(0x7F80)) != np.uint16(0x7F80)).all(axis=1)
+    if np.isfinite(np.add.reduce(a, axis=None, dtype=np.float32)):  # fast path: a NaN/inf anywhere makes the sum one
+        return np.ones(len(a), dtype=bool)
     return np.isfinite(a).all(axis=1)
 
 

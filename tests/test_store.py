@@ -120,18 +120,34 @@ def test_flush_size_defaults_to_whole_chunks_up_to_64mib(tmp_path):
     w = StoreWriter(tmp_path / "c.zarr", chunk_rows=8, flush_rows=8)
     for i in range(3):
         w.append(_batch(3, start=3 * i, item=f"x{i}"))
-    assert read_commit(tmp_path / "c.zarr")["n_rows"] == 9  # flushed at >= 8 rows, whole batches
+    # flushed at >= 8 rows: chunk 0 (rows 0-7) written, the 2 batches inside it committed
+    assert read_commit(tmp_path / "c.zarr")["n_rows"] == 6 and w.n_rows == 9
+    assert zarr.open_group(tmp_path / "c.zarr")["h"].shape == (8, 3)
+    w.close()
+    assert read_commit(tmp_path / "c.zarr")["n_rows"] == 9 and stored_items(tmp_path / "c.zarr") == ["x0", "x1", "x2"]
+
+
+def test_flushes_never_rewrite_a_chunk(tmp_path, monkeypatch):
+    writes: list[tuple[str, int, int]] = []
+    real = StoreWriter._append
+    monkeypatch.setattr(StoreWriter, "_append", staticmethod(
+        lambda arr, n0, block: (writes.append((arr.basename, n0, len(block))), real(arr, n0, block))))  # fmt: skip
+    with StoreWriter(tmp_path / "s.zarr", chunk_rows=4, flush_rows=4) as w:
+        for i in range(5):
+            w.append(_batch(3, start=3 * i, item=f"x{i}"))
+    assert [(n0, k) for name, n0, k in writes if name == "h"] == [(0, 4), (4, 4), (8, 4), (12, 3)]
+    np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").i.values, np.arange(15))
 
 
 def test_uncompressed_store_reads_the_same(tmp_path):
     x = torch.randn(40, 8)
-    for comp in ("zstd", "none"):
+    for comp in ("lz4", "zstd", "none"):
         with StoreWriter(tmp_path / f"{comp}.zarr", chunk_rows=16, compression=comp) as w:
             w.append(TokenBatch({"h": x}, {"i": np.arange(40)}, ["a"]))
         np.testing.assert_array_equal(open_store(tmp_path / f"{comp}.zarr").h.values, x.numpy())
     assert not zarr.open_group(tmp_path / "none.zarr")["h"].compressors
-    with pytest.raises(ValueError, match="compression must be 'zstd' or 'none', got 'lz4'"):
-        StoreWriter(tmp_path / "x.zarr", compression="lz4")
+    with pytest.raises(ValueError, match=r"compression must be one of \['lz4', 'zstd', 'none'\], got 'gzip'"):
+        StoreWriter(tmp_path / "x.zarr", compression="gzip")
 
 
 def test_no_zarr_warning_on_write_and_open(tmp_path):
@@ -220,7 +236,7 @@ def test_not_a_store_and_old_format_errors(tmp_path):
     doc = json.loads(meta.read_text())
     doc["attributes"]["sciinterp_commit"]["format_version"] = 99
     meta.write_text(json.dumps(doc))
-    with pytest.raises(StoreError, match="written with store format 99, this sciinterp reads format 2"):
+    with pytest.raises(StoreError, match="written with store format 99, this sciinterp reads formats 2 to 3"):
         open_store(tmp_path / "s.zarr")
     with pytest.raises(StoreError, match="format 99"):
         StoreWriter(tmp_path / "s.zarr")
@@ -233,7 +249,9 @@ def test_not_a_store_and_old_format_errors(tmp_path):
 def test_uncommitted_rows_are_invisible_and_cut_on_resume(tmp_path):
     path = tmp_path / "s.zarr"
     w = StoreWriter(path, chunk_rows=4, flush_rows=4)
-    w.append(_batch(5, item="a"))  # flushed + committed
+    w.append(_batch(5, item="a"))  # chunk 0 written, nothing committed yet (item a spills into chunk 1)
+    assert read_commit(path)["n_rows"] == 0 and zarr.open_group(path)["h"].shape == (4, 3)
+    w.flush()  # everything written and committed
     w.append(_batch(2, start=5, item="b"))  # buffered only
     # simulate a crash after the arrays grew but before the commit
     g = zarr.open_group(path, mode="r+")
@@ -277,3 +295,37 @@ def test_harvest_refuses_mixing_parts_and_single_store(tmp_path):
         harvest_to_store(a, [3], ["hidden"], tmp_path / "p", progress=False)
     with pytest.raises(ValueError, match=r"unknown hooks \['nope'\] for adapter 'fake'"):
         harvest_to_store(a, [3], ["nope"], tmp_path / "x", progress=False)
+
+
+def test_string_coords_are_dictionary_encoded_and_resume_adds_categories(tmp_path):
+    path = tmp_path / "s.zarr"
+    times = np.array(["2020-01-01T00"] * 3 + ["2020-01-01T06"] * 2)
+    with StoreWriter(path, chunk_rows=4) as w:
+        w.append(TokenBatch({"h": torch.zeros(5, 2)}, {"time": times, "lead": np.arange(5)}, ["t0"]))
+    g = zarr.open_group(path)
+    assert g["time"].dtype == np.int32 and list(g["time"][:]) == [0, 0, 0, 1, 1]
+    assert list(g["sciinterp_categories_time"][:]) == ["2020-01-01T00", "2020-01-01T06"]
+    assert read_commit(path)["categories"] == {"time": 2} and read_commit(path)["format_version"] == 3
+    with StoreWriter(path, chunk_rows=4) as w:  # resume: known values keep their codes, new ones are added
+        more = np.array(["2020-01-01T06", "2020-01-02T00", "2020-01-01T00"])
+        w.append(TokenBatch({"h": torch.zeros(3, 2)}, {"time": more, "lead": np.arange(3)}, ["t1"]))
+    assert list(zarr.open_group(path)["time"][:]) == [0, 0, 0, 1, 1, 1, 2, 0]
+    ds = open_store(path)
+    assert list(ds.time.values) == [*times, *more] and ds.time.dtype == object and "sciinterp_categories" not in ds.time.attrs
+    assert set(ds.coords) == {"time", "lead"} and set(ds.data_vars) == {"h"}
+
+
+def test_format_2_stores_with_plain_string_coords_still_read_and_resume(tmp_path):
+    path = tmp_path / "v2.zarr"
+    commit = {"format_version": 2, "n_rows": 2, "n_items": 1, "complete": True, "n_dropped_nonfinite": 0,
+              "arrays": ["h", "seq", "sciinterp_items"]}  # fmt: skip
+    g = zarr.open_group(path, mode="w", zarr_format=3,
+                        attributes={"sciinterp_dtype": "float32", "sciinterp_commit": commit})  # fmt: skip
+    g.create_array("h", data=np.ones((2, 3), np.float32), chunks=(4, 3), dimension_names=["token", "d_h"],
+                   attributes={"coordinates": "seq", "sciinterp_dtype": "float32"})  # fmt: skip
+    g.create_array("seq", shape=(2,), dtype=str, chunks=(4,), dimension_names=["token"])[:] = np.array(["p0", "p0"])
+    g.create_array("sciinterp_items", shape=(1,), dtype=str, chunks=(4,), dimension_names=["sciinterp_item"])[:] = ["p0"]
+    assert list(open_store(path).seq.values) == ["p0", "p0"]
+    with StoreWriter(path, chunk_rows=4) as w:
+        w.append(TokenBatch({"h": torch.zeros(1, 3)}, {"seq": np.array(["p1"])}, ["p1"]))
+    assert list(open_store(path).seq.values) == ["p0", "p0", "p1"] and read_commit(path)["format_version"] == 2

@@ -35,7 +35,7 @@ rnd = random.Random(seed)
 class Slow(FakeAdapter):
     def harvest(self, data, hooks, *, skip=()):
         for b in super().harvest(data, hooks, skip=skip):
-            time.sleep(rnd.uniform(0, 0.02))
+            time.sleep(rnd.uniform(0.03, 0.1))  # 16 batches: ~1 s, longer than most kill delays
             yield b
 
 _append = st.StoreWriter._append
@@ -81,7 +81,7 @@ def test_kill9_at_random_moments_then_resume_gives_every_token_once(tmp_path, re
     seen_sizes = []
     for attempt in range(4):
         proc = _spawn(tmp_path, path, seed=attempt)
-        time.sleep(rnd.uniform(0.05, 1.5))
+        time.sleep(rnd.uniform(0.05, 1.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if not is_store(path):  # killed before the store existed
