@@ -152,7 +152,8 @@ def build_report(
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
-    meta = {k: v for k, v in links.attrs.items() if isinstance(v, (str, int, float))}
+    meta = {k: v for k, v in links.attrs.items()
+            if isinstance(v, (str, int, float)) and k != "config" and len(str(v)) <= 80}
     if meta:
         parts.append("<p class='meta'>" + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in meta.items()) + "</p>")
     n_sig = int((links["qvalue"] < alpha).sum())

@@ -230,6 +230,7 @@ def physical_labels(
     derived: Sequence[str] = DERIVED,
     levels: Sequence[float] | None = None,
     static: bool = True,
+    land: bool = True,
     calendar: bool = True,
     hemisphere_aware: bool = False,
     events: pd.DataFrame | str | Path | None = None,
@@ -257,6 +258,9 @@ def physical_labels(
         Add ``latitude`` (continuous, degrees_north), ``land_fraction``, ``land``
         and, when ``fields`` has ``zs`` (surface geopotential), ``orography``
         (m).
+    land
+        With ``static``: land fraction and the land/sea concept (leave out for idealised models
+        without land, e.g. shallow water, where they would only echo latitude bands).
     calendar
         Add season concepts, ``tod_sin``/``tod_cos``, ``doy_sin``/``doy_cos``
         and ``daylight`` (see `static.calendar_labels`).
@@ -297,7 +301,8 @@ def physical_labels(
         add(sample_fields(tokens, base, levels=levels))
     if static:
         add({"latitude": Label(tc.lat.astype("float32"), "continuous", "degrees_north", "latitude")})
-        add(land_labels(tc.lat, tc.lon))
+        if land:
+            add(land_labels(tc.lat, tc.lon))
         if fields is not None and "zs" in fields:
             orog = (fields["zs"] / G0).assign_attrs(units="m", long_name="orography (surface geopotential / g0)")
             if "time" in orog.dims:
