@@ -95,7 +95,7 @@ def test_save_load_round_trip(arch, tmp_path):
     sae.provenance = {"model_id": "esm2_t6", "model_checksum": "abc123", "hook_name": "layer3", "store_hash": "s1"}
     sae.save(tmp_path / "sae")
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
-    assert cfg["architecture"] == arch and cfg["d_in"] == 16 and cfg["d_sae"] == 64 and cfg["format_version"] == 1
+    assert cfg["sciinterp_architecture"] == arch and cfg["d_in"] == 16 and cfg["d_sae"] == 64 and cfg["format_version"] == 1
     assert cfg["hook_name"] == "layer3" and cfg["model_name"] == "esm2_t6" and cfg["apply_b_dec_to_input"] is True
     assert cfg["provenance"]["store_hash"] == "s1" and cfg["normalize_activations"] == "none"
     from safetensors.torch import load_file

@@ -37,7 +37,7 @@ def check(arch: str, tmp: Path, x_train: np.ndarray, x_test: torch.Tensor) -> di
     (path,) = train(x_train, [cfg], tc, tmp / arch)
     ours = SparseAutoencoder.load(path)
     doc = json.loads((Path(path) / "cfg.json").read_text())
-    res["cfg_json"] = {k: doc.get(k) for k in ("architecture", "saelens_architecture", "d_in", "d_sae", "k", "dtype",
+    res["cfg_json"] = {k: doc.get(k) for k in ("architecture", "sciinterp_architecture", "d_in", "d_sae", "k", "dtype",
                                                  "apply_b_dec_to_input", "normalize_activations", "metadata")}
     try:
         from sae_lens import SAE

@@ -51,8 +51,8 @@ def save_sae(sae: Any, path: str | os.PathLike) -> Path:
     prov["hook_name"] = prov["hook_name"] or cfg.hook
     doc = {
         "format_version": FORMAT_VERSION,
-        "architecture": cfg.architecture,
-        "saelens_architecture": _SAELENS_ARCH[cfg.architecture],
+        "architecture": _SAELENS_ARCH[cfg.architecture],  # SAELens' inference class; ours is in "sciinterp"
+        "sciinterp_architecture": cfg.architecture,
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,
         "k": cfg.k if cfg.architecture in ("topk", "batchtopk") else None,
@@ -62,9 +62,9 @@ def save_sae(sae: Any, path: str | os.PathLike) -> Path:
         "normalize_activations": "none",
         "reshape_activations": "none",
         "rescale_acts_by_decoder_norm": False,
-        "hook_name": prov["hook_name"],
-        "model_name": prov["model_id"],
-        "metadata": {"model_name": prov["model_id"], "hook_name": prov["hook_name"]},
+        "hook_name": prov["hook_name"] or "",  # SAELens needs strings here, never null
+        "model_name": prov["model_id"] or "",
+        "metadata": {"model_name": prov["model_id"] or "", "hook_name": prov["hook_name"] or ""},
         "provenance": prov | {k: v for k, v in sae.provenance.items() if k not in prov},
         "normalisation": sae.normalization,
         "sciinterp": asdict(cfg),
