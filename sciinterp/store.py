@@ -304,7 +304,9 @@ class StoreWriter:
 
     def _create_arrays(self, batch: _Rows) -> None:
         coord_names = " ".join(batch.coords)
-        make = partial(self.group.create_array, config={"write_empty_chunks": True})  # no all-fill-value scan
+        # overwrite: skips existence checks (a killed first flush's arrays are gone, see _open_existing);
+        # write_empty_chunks: skips scanning every chunk for all-fill-value
+        make = partial(self.group.create_array, overwrite=True, config={"write_empty_chunks": True})
         for hook, x in batch.acts.items():
             d = x.shape[1]
             make(hook, shape=(0, d), chunks=(self.chunk_rows, d), dtype=_NUMPY_DTYPE[self.dtype], compressors=self.compressors,
@@ -321,7 +323,7 @@ class StoreWriter:
         make(ITEMS_ARRAY, shape=(0,), chunks=(_ITEM_CHUNK,), dtype=str, dimension_names=["sciinterp_item"])
         names = [*batch.acts, *batch.coords, *map(categories_array, self._categories), ITEMS_ARRAY]
         self._arrays = {n: self.group[n] for n in names}
-        self._commit({"arrays": names, "categories": {c: 0 for c in self._categories}})
+        self._commit({"arrays": names, "categories": {c: 0 for c in self._categories}, "format_version": FORMAT_VERSION})
 
     def _commit(self, changes: Mapping[str, Any]) -> None:
         """Record ``changes`` in the commit: one atomic rewrite of the group's zarr.json."""
