@@ -483,8 +483,10 @@ class SFNOAdapter:
                 "so harvest hooks of different resolution into separate stores"
             )
         shape = next(iter(shapes.values()))
-        sel = torch.as_tensor(rows, device=self.device)
-        acts = {h: captured[h].index_select(0, sel).movedim(1, -1).reshape(-1, captured[h].shape[1]).float().cpu() for h in hooks}
+        everyone = rows == list(range(captured[hooks[0]].shape[0]))  # the common case: no copy for the selection
+        sel = None if everyone else torch.as_tensor(rows, device=self.device)
+        acts = {h: (captured[h] if sel is None else captured[h].index_select(0, sel))
+                .movedim(1, -1).reshape(-1, captured[h].shape[1]).float().cpu() for h in hooks}
         grid = self._coords(shape)
         n, per = len(rows), shape[0] * shape[1]
         coords = {
