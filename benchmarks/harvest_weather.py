@@ -1,6 +1,7 @@
 """Overhead of harvesting SFNO activations into a store over the bare autoregressive forecast.
 
     nice -n 10 python benchmarks/harvest_weather.py [--checkpoint demo] [--hook block3] [--repeats 3]
+    python benchmarks/harvest_weather.py --embed-dim 256 --num-layers 8    # FourCastNet-v2-like width
 
 Both sides run the same rollouts (every initial time, ``--n-steps`` leads, ``--batch-size``
 initial times per forward) on the same shallow-water data; the harvest side also records the
@@ -58,6 +59,18 @@ def harvest(adapter: SFNOAdapter, ds, hook: str, dtype: str, chunk_rows: int, co
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _random_checkpoint(base: str, embed_dim: int, num_layers: int | None) -> Path:
+    """A random SFNO with the base checkpoint's grid and variables but another width/depth."""
+    from sciinterp_adapters.weather.sfno import build_sfno, load_sfno, save_sfno
+
+    _, meta = load_sfno(base)
+    meta.model = {**meta.model, "embed_dim": embed_dim, **({"num_layers": num_layers} if num_layers else {})}
+    meta.model_id = f"sfno-random-embed{embed_dim}"
+    torch.manual_seed(0)
+    path = Path(tempfile.mkdtemp(prefix="sciinterp-sfno-")) / "random"
+    return save_sfno(path, build_sfno(meta.model), meta)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="demo")
@@ -71,10 +84,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--compression", default=None, help="store codec (lz4, zstd, none); default: the store's")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--embed-dim", type=int, default=None,
+                    help="benchmark a randomly initialised SFNO of this width (the demo's layout otherwise), "
+                         "e.g. 256 as in FourCastNet-v2, instead of the tiny demo (embed 32)")
+    ap.add_argument("--num-layers", type=int, default=None, help="with --embed-dim: number of SFNO blocks")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    adapter = SFNOAdapter(args.checkpoint, n_steps=args.n_steps, batch_size=args.batch_size)
+    checkpoint = args.checkpoint
+    if args.embed_dim:
+        checkpoint = _random_checkpoint(args.checkpoint, args.embed_dim, args.num_layers)
+        if args.hook not in SFNOAdapter(checkpoint).hook_names():
+            args.hook = SFNOAdapter(checkpoint).hook_names()[-2]
+    adapter = SFNOAdapter(checkpoint, n_steps=args.n_steps, batch_size=args.batch_size)
     ds = generate_shallow_water(nlat=adapter.grid[0], nlon=adapter.grid[1], n_trajectories=args.n_trajectories,
                                 n_times=args.n_times, seed=1, progress=False)
     bare_forward(adapter, ds)  # warm-up (SHT plans, allocator)
