@@ -75,10 +75,10 @@ def main() -> None:
     print(f"step    {s * 1e3:8.1f} ms  {a.batch / s:,.0f} rows/s  matmul share {g / s:.2f}  "
           f"(step = {s / g:.2f} x sgemm)")
     if a.profile:
-        with torch.profiler.profile() as prof:
+        with torch.profiler.profile(record_shapes=True) as prof:
             for _ in range(3):
                 step()
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=30))
 
 
 if __name__ == "__main__":

