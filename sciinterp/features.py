@@ -30,13 +30,13 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 
+from sciinterp.sae.shape import d_sae_of
 from sciinterp.store import open_store
 
 __all__ = [
     "FEATURES_COMMIT",
     "SortedCodes",
     "column_of",
-    "d_sae_of",
     "entries_to_codes",
     "encode_store",
     "feature_summary",
@@ -51,16 +51,6 @@ log = logging.getLogger(__name__)
 
 FEATURES_COMMIT = "sciinterp_features_commit"
 FORMAT_VERSION = 1
-
-
-def d_sae_of(sae: Any) -> int:
-    """Dictionary size of an SAE-like object (``.d_sae`` or ``.cfg.d_sae``)."""
-    d = getattr(sae, "d_sae", None)
-    if d is None:
-        d = getattr(getattr(sae, "cfg", None), "d_sae", None)
-    if d is None or not hasattr(sae, "encode"):
-        raise TypeError(f"{type(sae).__name__} is not an SAE: it needs .encode(x) and .d_sae or .cfg.d_sae")
-    return int(d)
 
 
 def _sae_device(sae: Any) -> torch.device:
@@ -127,6 +117,8 @@ def encode_store(
         sae_dir = str(sae)
         sae = SparseAutoencoder.load(sae, hook=hook)
     sae_dir = sae_dir or str(getattr(sae, "path", None) or getattr(sae, "directory", None) or "")
+    if not hasattr(sae, "encode"):  # splice takes encode_dense-only SAEs; a feature store needs sparse codes
+        raise TypeError(f"{type(sae).__name__} is not an SAE for a feature store: it needs .encode(x) -> (values, indices)")
     d_sae = d_sae_of(sae)
     ds = store if isinstance(store, xr.Dataset) else open_store(store)
     store_name = str(store) if not isinstance(store, xr.Dataset) else str(ds.attrs.get("path", "<dataset>"))

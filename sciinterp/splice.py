@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from sciinterp.adapter import HookPoint
+from sciinterp.sae.shape import d_in_of, d_sae_of
 
 __all__ = ["FeatureEdit", "SpliceStats", "loss_recovered", "splice"]
 
@@ -73,16 +74,6 @@ class SpliceStats:
     def fve(self) -> float:
         """Fraction of the hooked activations' squared norm explained by the SAE."""
         return 1.0 - self.sq_err / self.sq_norm if self.sq_norm else float("nan")
-
-
-def _d_sae(sae: Any) -> int:
-    cfg = getattr(sae, "cfg", None)
-    return int(getattr(cfg, "d_sae", None) or getattr(sae, "d_sae"))
-
-
-def _d_in(sae: Any) -> int:
-    cfg = getattr(sae, "cfg", None)
-    return int(getattr(cfg, "d_in", None) or getattr(sae, "d_in"))
 
 
 def _decode_dense(sae: Any, z: torch.Tensor) -> torch.Tensor:
@@ -156,10 +147,12 @@ def splice(
         steps = frozenset(int(k) for k in steps)
         if any(k < 0 for k in steps):
             raise ValueError(f"steps={sorted(steps)}: forward-call indices count from 0")
+    d_in = d_in_of(sae) if sae is not None else None
     if sae is not None:
-        bad = [f for e in edits for f in e.features if not 0 <= int(f) < _d_sae(sae)]
+        d_sae = d_sae_of(sae)
+        bad = [f for e in edits for f in e.features if not 0 <= int(f) < d_sae]
         if bad:
-            raise ValueError(f"unknown feature index {bad[0]}: this SAE has {_d_sae(sae)} features (0..{_d_sae(sae) - 1})")
+            raise ValueError(f"unknown feature index {bad[0]}: this SAE has {d_sae} features (0..{d_sae - 1})")
     stats = SpliceStats()
 
     def rewrite(x: torch.Tensor) -> torch.Tensor:
@@ -168,9 +161,9 @@ def splice(
             return x
         moved = x.movedim(point.channel_dim, -1)
         shape = moved.shape
-        if sae is not None and shape[-1] != _d_in(sae):
+        if d_in is not None and shape[-1] != d_in:
             raise ValueError(
-                f"the hooked activation has {shape[-1]} channels but the SAE expects d_in={_d_in(sae)}: "
+                f"the hooked activation has {shape[-1]} channels but the SAE expects d_in={d_in}: "
                 "wrong hook or wrong SAE"
             )
         flat = moved.reshape(-1, shape[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -91,6 +92,15 @@ def test_encode_store_refuses_a_different_sae_and_bad_hook(store, tmp_path):
         encode_store(store, StandInSAE(16), "nope", tmp_path / "g.zarr", progress=False)
     with pytest.raises(TypeError, match="needs .encode"):
         encode_store(store, object(), "hidden", tmp_path / "h.zarr", progress=False)
+    dense_only = SimpleNamespace(d_in=16, d_sae=12, encode_dense=lambda x: x)  # enough for splice, not here
+    with pytest.raises(TypeError, match=r"SimpleNamespace is not an SAE for a feature store: it needs .encode\(x\)"):
+        encode_store(store, dense_only, "hidden", tmp_path / "h.zarr", progress=False)
+    no_width = StandInSAE(16)
+    del no_width.d_sae
+    with pytest.raises(TypeError, match="StandInSAE has no dictionary size: an SAE needs .d_sae or .cfg.d_sae"):
+        encode_store(store, no_width, "hidden", tmp_path / "h.zarr", progress=False)
+    no_width.cfg = SimpleNamespace(d_sae=12)  # SAELens keeps the width on .cfg
+    assert open_features(encode_store(store, no_width, "hidden", tmp_path / "c.zarr", progress=False)).attrs["d_sae"] == 12
     with pytest.raises(FileNotFoundError, match="not a sciinterp feature store"):
         open_features(tmp_path)
 

@@ -1,7 +1,11 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+
 from sciinterp.generic import ModuleAdapter
+from sciinterp.sae import SAEConfig, SparseAutoencoder, d_in_of, d_sae_of
 from sciinterp.splice import FeatureEdit, loss_recovered, splice
 
 
@@ -102,4 +106,33 @@ def test_steps_rewrite_only_the_chosen_forward_calls():
     assert st.calls == 3 and st.edited_tokens == 4  # one rewritten call of 2x2 tokens
     with pytest.raises(ValueError, match=r"steps=\[-1\]: forward-call indices count from 0"):
         with splice(point, replace="zero", steps=[-1]):
+            pass
+
+
+def test_shared_width_helper_reads_attributes_or_cfg_and_names_what_is_missing():
+    assert (d_in_of(PerfectSAE(3)), d_sae_of(PerfectSAE(3))) == (3, 6)  # duck-typed: .d_in / .d_sae
+    saelens_like = SimpleNamespace(cfg=SimpleNamespace(d_in=5, d_sae=40))  # SAELens: widths on .cfg only
+    assert (d_in_of(saelens_like), d_sae_of(saelens_like)) == (5, 40)
+    ours = SparseAutoencoder(SAEConfig(architecture="topk", d_sae=24, k=2), 6)
+    assert (d_in_of(ours), d_sae_of(ours)) == (6, 24)
+    with pytest.raises(TypeError, match=r"^SimpleNamespace has no dictionary size: an SAE needs .d_sae or .cfg.d_sae$"):
+        d_sae_of(SimpleNamespace(cfg=SimpleNamespace(d_in=5)))
+    with pytest.raises(TypeError, match=r"^object has no input width: an SAE needs .d_in or .cfg.d_in$"):
+        d_in_of(object())
+
+
+def test_splice_takes_an_sae_whose_widths_live_on_cfg():
+    model = _model()
+    point = ModuleAdapter(model, {"h": "0"}, channel_dim=1).hook_point("h")
+    inner = PerfectSAE(4)
+    cfg_only = SimpleNamespace(cfg=SimpleNamespace(d_in=4, d_sae=8), encode_dense=inner.encode_dense,
+                               W_dec=inner.W_dec, b_dec=inner.b_dec)
+    x = torch.randn(1, 2, 2, 2)
+    with splice(point, cfg_only):
+        torch.testing.assert_close(model(x), model[1](model[0](x)))
+    with pytest.raises(ValueError, match="unknown feature index 8: this SAE has 8 features"):
+        with splice(point, cfg_only, edits=[FeatureEdit([8])]):
+            pass
+    with pytest.raises(TypeError, match="SimpleNamespace has no input width: an SAE needs .d_in or .cfg.d_in"):
+        with splice(point, SimpleNamespace(encode_dense=inner.encode_dense)):
             pass
