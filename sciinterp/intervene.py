@@ -14,6 +14,10 @@ Any other adapter may offer the same through a method ``run_interventions(sae, d
 (:class:`Intervenable`).  Results: ``<out_dir>/interventions.nc`` (one ``xr.Dataset``),
 ``summary.json`` (scalars) and PNG figures.
 
+:func:`loss_recovered_eval` builds the same modules' trainer evaluator (masked-LM / forecast loss
+recovered, a :class:`~sciinterp.sae.DownstreamEval`) for ``train(..., evaluators=...)``; an adapter
+outside :data:`DOMAINS` offers one through a method ``loss_recovered_eval(hook, data, max_items=...)``.
+
 >>> cfg = InterveneConfig(hook="layer4", features=[12], op="scale", value=4.0, residues=(30, 45))  # doctest: +SKIP
 >>> intervene(ESM2Adapter(model="demo"), "runs/x/train/topk", "proteins.fasta", cfg, "runs/x/intervene")  # doctest: +SKIP
 """
@@ -33,7 +37,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-__all__ = ["DOMAINS", "InterveneConfig", "Intervenable", "intervene", "intervention_figures", "store_mean"]
+__all__ = [
+    "DOMAINS", "InterveneConfig", "Intervenable", "intervene", "intervention_figures", "loss_recovered_eval", "store_mean",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,8 @@ DOMAINS = {
     "sfno": "sciinterp_adapters.weather.interventions",
     "fcn2": "sciinterp_adapters.weather.interventions",
 }
-"""Adapter name -> module with ``run_interventions(adapter, sae, data, cfg, mean)``."""
+"""Adapter name -> module with ``run_interventions(adapter, sae, data, cfg, mean)`` and
+``loss_recovered_eval(adapter, hook, data, max_items=...)``."""
 
 
 @dataclass
@@ -215,6 +222,48 @@ def intervene(adapter: Any, sae_dir: str | os.PathLike, data: Any, cfg: Interven
         (out / f"{name}.png").write_bytes(plot.to_png(fig))
     log.info("interventions written to %s", path)
     return path
+
+
+def loss_recovered_eval(adapter: Any, hook: str, data: Any, *, max_items: int | None = 16) -> dict[str, Any]:
+    """The adapter's downstream "loss recovered" evaluator, ready for ``train(..., evaluators=...)``.
+
+    Parameters
+    ----------
+    adapter
+        A spliceable adapter of a domain in :data:`DOMAINS` (ESM-2: masked-LM cross-entropy;
+        SFNO / FourCastNet-v2: forecast MSE against the clean rollout), or one with a method
+        ``loss_recovered_eval(hook, data, max_items=...)``.
+    hook
+        The hook the SAEs are trained on.
+    data
+        The adapter's input (the harvest data); the first ``max_items`` proteins / initial times are scored.
+    max_items
+        Proteins or initial times scored per SAE (``None``: all).
+
+    Returns
+    -------
+    dict[str, DownstreamEval]
+        ``{name: evaluator}`` (``masked_lm`` or ``forecast``); each evaluator returns at least
+        ``loss_recovered`` = (L_zero − L_SAE) / (L_zero − L_clean), written to the SAE's ``eval.json``.
+
+    Raises
+    ------
+    ValueError
+        An adapter with no evaluator (naming the ones that have one), or a hook that cannot be spliced.
+    """
+    if max_items is not None and max_items < 1:
+        raise ValueError(f"max_items={max_items}: score at least one item (or None for all)")
+    name = getattr(adapter, "name", type(adapter).__name__)
+    own = getattr(adapter, "loss_recovered_eval", None)
+    if not callable(own) and name not in DOMAINS:
+        raise ValueError(f"adapter {name!r} has no loss-recovered evaluator: known {sorted(DOMAINS)}, or give the "
+                         "adapter a loss_recovered_eval(hook, data, max_items) method")
+    _check_hook(adapter, hook)
+    if callable(own):
+        fn = own(hook, data, max_items=max_items)
+    else:
+        fn = importlib.import_module(DOMAINS[name]).loss_recovered_eval(adapter, hook, data, max_items=max_items)
+    return {getattr(fn, "name", "loss_recovered"): fn}
 
 
 # -- figures -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,21 +88,34 @@ def harvest(adapter: Any, data: Any, cfg: HarvestConfig, out: str | os.PathLike,
 
 
 def train(
-    source: Any, hook: str | None, saes: Sequence[Any], trainer: Any, out: str | os.PathLike, *, force: bool = False
+    source: Any, hook: str | None, saes: Sequence[Any], trainer: Any, out: str | os.PathLike, *, force: bool = False,
+    evaluators: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Train one or more SAEs in one pass over ``source`` (a store, ``.npy`` path or array)."""
+    """Train one or more SAEs in one pass over ``source`` (a store, ``.npy`` path or array).
+
+    ``evaluators`` (``{name: DownstreamEval}``, e.g. from :func:`sciinterp.intervene.loss_recovered_eval`)
+    score each trained SAE; the numbers go to ``<sae dir>/eval.json``.  Their ``repr`` keys the stage.
+    """
     from sciinterp.sae import train as train_saes
     from sciinterp.sources import as_source
 
     src = as_source(source, hook=hook) if hook else as_source(source)
     record = {"source": _describe(source), "hook": hook, "saes": [asdict(s) for s in saes], "trainer": asdict(trainer)}
+    if evaluators:  # absent otherwise, so runs without evaluators keep their key
+        record["evaluators"] = {name: _describe_evaluator(fn) for name, fn in evaluators.items()}
     result: list[Path] = []
 
     def work(d: Path) -> None:
-        result.extend(train_saes(src, list(saes), trainer, d))
+        result.extend(train_saes(src, list(saes), trainer, d, evaluators=evaluators))
 
     stage_dir = run_stage("train", out, record, work, inputs=_path_inputs(source), force=force)
     return result or sorted(p.parent for p in stage_dir.glob("*/cfg.json"))
+
+
+def _describe_evaluator(fn: Any) -> str:
+    """A stable description of an evaluator for the stage key: its ``repr`` unless that is a memory address."""
+    text = repr(fn)
+    return f"{type(fn).__module__}.{type(fn).__qualname__}" if " at 0x" in text else text
 
 
 @dataclass
@@ -157,12 +170,16 @@ def analyze(
 
 
 def report(analysis_dir: str | os.PathLike, out: str | os.PathLike, *, title: str = "sciinterp report",
-           n_cards: int = 24, interventions: str | os.PathLike | None = None, force: bool = False) -> Path:
+           n_cards: int = 24, interventions: str | os.PathLike | None = None,
+           evaluation: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Write the HTML report of an analyze stage into ``<out>/report/index.html``.
 
     ``interventions``: an intervene stage directory; its ``interventions.nc`` (when present) adds the
-    faithfulness and steering section.
+    faithfulness and steering section.  ``evaluation``: the SAE's ``eval.json`` (when present: the
+    train stage's downstream evaluators, e.g. loss recovered) adds a section to the overview.
     """
+    import json
+
     from sciinterp.analysis import load_analysis
     from sciinterp.features import open_features
     from sciinterp.report import build_report
@@ -172,16 +189,19 @@ def report(analysis_dir: str | os.PathLike, out: str | os.PathLike, *, title: st
     a = Path(analysis_dir)
     inter = Path(interventions) / "interventions.nc" if interventions else None
     inter = inter if inter is not None and inter.is_file() else None
+    ev = Path(evaluation) if evaluation and Path(evaluation).is_file() else None
     record = {"analysis": str(a), "title": title, "n_cards": n_cards, "interventions": str(inter)}
+    if ev is not None:  # absent otherwise, so reports without one keep their key
+        record["evaluation"] = str(ev)
 
     def work(d: Path) -> None:
         res = load_analysis(a)
         edits = xr.load_dataset(inter, engine="h5netcdf") if inter is not None else None
         build_report(d, res.links, res.summary, features=open_features(a / "features.zarr"),
                      discovery=[int(f) for f in res.queue["feature"].values], n_cards=n_cards, title=title,
-                     interventions=edits)
+                     interventions=edits, evaluation=json.loads(ev.read_text()) if ev is not None else None)
 
-    inputs = [a] + ([inter] if inter is not None else [])
+    inputs = [a] + ([inter] if inter is not None else []) + ([ev] if ev is not None else [])
     return run_stage("report", out, record, work, inputs=inputs, force=force) / "index.html"
 
 
@@ -194,6 +214,7 @@ def run_from_config(cfg: Any) -> Any:
     out = Path(cfg.out)
     force = bool(cfg.force)
     result: dict[str, Any] = {}
+    adapter = None
     if stage in ("harvest", "run"):
         adapter = instantiate(cfg.adapter)
         data = result["data"] = _instantiate_data(cfg)
@@ -204,7 +225,16 @@ def run_from_config(cfg: Any) -> Any:
         source = cfg.train.source or data_path or result.get("store") or out / "harvest" / "store.zarr"
         sweep = OmegaConf.to_container(cfg.train.sweep, resolve=True) if cfg.train.sweep else [{}]
         saes = [instantiate(cfg.sae, **o) for o in sweep]
-        result["saes"] = train(source, cfg.train.hook, saes, instantiate(cfg.trainer), out, force=force)
+        evaluators = None
+        if cfg.train.get("loss_recovered"):  # the adapter's masked-LM / forecast loss recovered -> eval.json
+            from sciinterp.intervene import loss_recovered_eval
+
+            if "data" not in result:
+                result["data"] = _instantiate_data(cfg)
+            evaluators = loss_recovered_eval(adapter if adapter is not None else instantiate(cfg.adapter),
+                                             cfg.train.hook, result["data"], max_items=cfg.train.get("loss_recovered_items", 16))
+        result["saes"] = train(source, cfg.train.hook, saes, instantiate(cfg.trainer), out, force=force,
+                               evaluators=evaluators)
     sae_dir = Path(cfg.analyze.sae) if cfg.analyze.get("sae") else None
     if sae_dir is None and stage in ("analyze", "report", "intervene", "run"):
         sae_dir = (result.get("saes") or _trained_saes(out))[0]
@@ -227,8 +257,8 @@ def run_from_config(cfg: Any) -> Any:
                                         instantiate(cfg.intervene), out / "intervene")
     if stage in ("report", "run"):
         result["report"] = report(out / "analyze", out, title=cfg.report.title, n_cards=cfg.report.n_cards,
-                                  interventions=out / "intervene", force=force)
-        _print_summary(out / "analyze", result["report"])
+                                  interventions=out / "intervene", evaluation=sae_dir / "eval.json", force=force)
+        _print_summary(out / "analyze", result["report"], sae_dir / "eval.json")
     return result
 
 
@@ -251,15 +281,20 @@ def _trained_saes(out: Path) -> list[Path]:
     return found
 
 
-def _print_summary(analysis_dir: Path, report_path: Path, n: int = 12) -> None:
-    """Print where the report is and the strongest links, one per family of variables
-    (``aa_*``, ``ss3_*``, ``z_*``...), so one dominant family does not hide the others."""
+def _print_summary(analysis_dir: Path, report_path: Path, evaluation: Path | None = None, n: int = 12) -> None:
+    """Print where the report is, the SAE's loss recovered (when evaluated) and the strongest links, one
+    per family of variables (``aa_*``, ``ss3_*``, ``z_*``...), so one dominant family does not hide the others."""
+    import json
+
     from sciinterp.analysis import load_analysis
-    from sciinterp.report import strongest_links
+    from sciinterp.report import loss_recovered_of, strongest_links
 
     top = strongest_links(load_analysis(analysis_dir).links, n=10**9)
     family = top["variable"].astype(str).str.split("_").str[0]
     best = top[~family.duplicated()].head(n)
     print(f"\nHTML report: {report_path.resolve()}")
+    if evaluation is not None and evaluation.is_file():
+        for name, value in loss_recovered_of(json.loads(evaluation.read_text())).items():
+            print(f"loss recovered ({name}, SAE spliced in vs zero-ablation): {value:.3f}")
     print("strongest feature-variable links, best per variable family (q < 0.05, held-out split):")
     print(best.to_string(index=False, float_format=lambda v: f"{v:.3g}"))

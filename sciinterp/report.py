@@ -23,7 +23,7 @@ import xarray as xr
 
 from sciinterp import plot
 
-__all__ = ["build_report", "interventions_section", "strongest_links"]
+__all__ = ["build_report", "evaluation_section", "interventions_section", "loss_recovered_of", "strongest_links"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def build_report(
     title: str = "sciinterp report",
     describe: Callable[[xr.Dataset, int, float], str] | None = None,
     interventions: xr.Dataset | None = None,
+    evaluation: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Path:
     """Write ``<out_dir>/index.html`` and return its path.
 
@@ -141,6 +142,9 @@ def build_report(
     interventions
         Results of :func:`sciinterp.intervene.intervene` (``interventions.nc``), shown in a
         section of their own (:func:`interventions_section`).
+    evaluation
+        The SAE's ``eval.json`` (``{evaluator: {metric: value}}``, written by the trainer's
+        downstream evaluators), shown in the overview (:func:`evaluation_section`).
     """
     describe = describe or _describe
     out = Path(out_dir)
@@ -164,6 +168,8 @@ def build_report(
         f"Benjamini–Hochberg); {len(set(top['feature']))} features with at least one; "
         f"{n_dead} dead feature{'s' if n_dead != 1 else ''}.</p>"
     )
+    if evaluation:
+        parts.append(evaluation_section(evaluation))
     parts.append("<h3>Strongest links</h3>" + top.head(20).to_html(index=False, float_format=lambda v: f"{v:.3g}", border=0))
     if freq is not None:
         parts.append(_img(plot.frequency_histogram(freq), "frequency histogram"))
@@ -188,6 +194,24 @@ def build_report(
     os.replace(tmp, path)
     log.info("report written to %s (%d cards)", path, len(linked) + len(queue))
     return path
+
+
+def loss_recovered_of(evaluation: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """``{evaluator: loss_recovered}`` for the evaluators of an ``eval.json`` that report one."""
+    return {str(name): float(m["loss_recovered"]) for name, m in evaluation.items()
+            if isinstance(m, Mapping) and "loss_recovered" in m}
+
+
+def evaluation_section(evaluation: Mapping[str, Mapping[str, float]]) -> str:
+    """HTML fragment of an SAE's ``eval.json``: the loss recovered in words, then every number per evaluator."""
+    parts = ["<h3>The SAE spliced into the model (eval.json)</h3>"]
+    for name, value in loss_recovered_of(evaluation).items():
+        parts.append(f"<p>Loss recovered ({html.escape(name)}): <b>{value:.3f}</b> — 1: the model's own loss with "
+                     "the SAE's reconstruction in place of the activations; 0: as bad as zero-ablating them.</p>")
+    table = pd.DataFrame({str(k): pd.Series(v, dtype=float) for k, v in evaluation.items() if isinstance(v, Mapping)})
+    if not table.empty:
+        parts.append(table.to_html(float_format=lambda v: f"{v:.4g}", border=0, na_rep=""))
+    return "\n".join(parts)
 
 
 def interventions_section(results: xr.Dataset) -> str:

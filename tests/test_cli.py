@@ -65,3 +65,26 @@ def test_usage_and_bad_arguments(capsys):
     assert main(["--help"]) == 0 and "sciinterp harvest|train" in capsys.readouterr().out
     assert main(["bogus"]) == 2 and "unknown stage 'bogus'" in capsys.readouterr().err
     assert main(["adapters", "remove"]) == 2 and "usage: sciinterp adapters list" in capsys.readouterr().err
+
+
+def test_run_with_loss_recovered_writes_eval_json_and_the_report_shows_it(tmp_path):
+    """`train.loss_recovered=true`: the adapter's masked-LM evaluator scores the trained SAE -> eval.json -> report."""
+    import json
+    import re
+
+    out = tmp_path / "run"
+    res = _run("run", f"out={out}", "adapter=esm2_demo", "data=fasta_demo", "data.limit=6", "labels=protein_sequence",
+               "harvest.hooks=[layer3]", "train.loss_recovered=true", "train.loss_recovered_items=3",
+               "sae.d_sae=256", "sae.k=8", "trainer.batch_size=256", "trainer.epochs=4", "trainer.warmup_steps=5",
+               "trainer.progress=false", "analysis.n_perm=5", "analysis.progress=false", "report.n_cards=2")
+    sae_dir, = (out / "train").glob("*/cfg.json")
+    ev = json.loads((sae_dir.parent / "eval.json").read_text())["masked_lm"]
+    assert -1 < ev["loss_recovered"] < 1.5 and ev["loss_recovered"] == ev["recovered_zero"]
+    assert ev["ce_clean"] < ev["ce_zero"] and ev["ce_sae_error"] == pytest.approx(ev["ce_clean"], abs=1e-4)
+    assert ev["n_masked"] > 50  # 3 proteins, 15 % of their residues
+    record = json.loads((out / "train" / "config.json").read_text())
+    assert record["evaluators"]["masked_lm"].startswith("ProteinLossRecovered(hook='layer3', proteins=3, ")
+    page = (out / "report" / "index.html").read_text()
+    shown = re.search(r"Loss recovered \(masked_lm\): <b>(-?[0-9.]+)</b>", page)
+    assert shown and float(shown.group(1)) == pytest.approx(ev["loss_recovered"], abs=1e-3)
+    assert f"loss recovered (masked_lm, SAE spliced in vs zero-ablation): {ev['loss_recovered']:.3f}" in res.stdout

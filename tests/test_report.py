@@ -112,3 +112,18 @@ def test_report_renders_in_headless_chromium(tmp_path):
     subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1100,1400", path.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.stat().st_size > 10_000
+
+
+def test_report_shows_the_saes_loss_recovered_from_eval_json(tmp_path):
+    from sciinterp.report import evaluation_section, loss_recovered_of
+
+    evaluation = {"masked_lm": {"loss_recovered": 0.7513, "ce_clean": 2.7853, "ce_zero": 2.9306, "n_masked": 114.0},
+                  "sparsity": {"l0": 16.0}}  # an evaluator without a loss recovered
+    assert loss_recovered_of(evaluation) == {"masked_lm": 0.7513}
+    page = build_report(tmp_path, _links(), _summary(), describe=_describe, evaluation=evaluation).read_text()
+    assert "Loss recovered (masked_lm): <b>0.751</b>" in page
+    overview = page[page.index("<section id='overview'>"):page.index("</section>")]
+    assert "eval.json" in overview and re.search(r"<th>ce_zero</th>\s*<td>2.931</td>", overview)
+    assert re.search(r"<th>l0</th>\s*<td></td>\s*<td>16</td>", overview)
+    assert "Loss recovered" not in evaluation_section({"sparsity": {"l0": 16.0}})
+    assert "eval.json" not in build_report(tmp_path / "none", _links(), _summary(), describe=_describe).read_text()

@@ -30,7 +30,7 @@ from sciinterp_adapters.protein.fasta import as_records
 
 __all__ = [
     "AMINO_ACIDS", "MaskedLMFaithfulness", "ProteinLossRecovered", "edit_residues", "hook_mean",
-    "mask_tokens", "masked_lm_faithfulness",
+    "loss_recovered_eval", "mask_tokens", "masked_lm_faithfulness",
 ]
 
 log = logging.getLogger(__name__)
@@ -228,16 +228,36 @@ class ProteinLossRecovered:
     """The trainer's :class:`~sciinterp.sae.DownstreamEval` for ESM-2: masked-LM loss recovered.
 
     ``train(..., evaluators={"masked_lm": ProteinLossRecovered(adapter, "layer4", proteins)})``
-    writes every field of :class:`MaskedLMFaithfulness` to the SAE's ``eval.json``.
+    writes every field of :class:`MaskedLMFaithfulness` to the SAE's ``eval.json``, plus
+    ``loss_recovered`` (= ``recovered_zero``, the usual zero-ablation convention).
     """
 
+    name = "masked_lm"
+    """Key of these numbers in ``eval.json``."""
+
     def __init__(self, adapter: Any, hook: str, data: Any, *, mean: torch.Tensor | None = None, **kw: Any):
-        adapter.hook_point(hook)  # unknown hook: fail now, not after training
-        self.adapter, self.hook, self.data, self.mean, self.kw = adapter, hook, data, mean, kw
+        adapter.hook_point(hook)  # unknown hook or proteins too long: fail now, not after training
+        self.adapter, self.hook, self.data, self.mean, self.kw = adapter, hook, dict(_sequences(data)), mean, kw
 
     def __call__(self, sae: Any) -> Mapping[str, float]:
-        return {k: float(v) for k, v in masked_lm_faithfulness(
-            self.adapter, self.data, self.hook, sae, mean=self.mean, **self.kw)._asdict().items()}
+        res = masked_lm_faithfulness(self.adapter, self.data, self.hook, sae, mean=self.mean, **self.kw)
+        return {"loss_recovered": float(res.recovered_zero), **{k: float(v) for k, v in res._asdict().items()}}
+
+    def __repr__(self) -> str:  # stable across runs: it keys the pipeline's train stage
+        kw = "".join(f", {k}={v!r}" for k, v in sorted(self.kw.items()))
+        return (f"ProteinLossRecovered(hook={self.hook!r}, proteins={len(self.data)}, first={next(iter(self.data), None)!r}"
+                f"{kw}{', mean=given' if self.mean is not None else ''})")
+
+
+def loss_recovered_eval(adapter: Any, hook: str, data: Any, *, max_items: int | None = 16) -> ProteinLossRecovered:
+    """:class:`ProteinLossRecovered` on the first ``max_items`` proteins of ``data`` of at most 1,022 residues.
+
+    What :func:`sciinterp.intervene.loss_recovered_eval` (the CLI's ``train.loss_recovered``) builds for ESM-2.
+    """
+    recs = [(r.id, r.sequence) for r in as_records(data) if len(r.sequence) <= MAX_RESIDUES]
+    if not recs:
+        raise ValueError(f"no protein of at most {MAX_RESIDUES} residues in the data to score the masked-LM loss")
+    return ProteinLossRecovered(adapter, hook, dict(recs[:max_items] if max_items else recs))
 
 
 def edit_residues(

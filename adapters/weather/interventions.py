@@ -34,7 +34,8 @@ from sciinterp.splice import FeatureEdit, splice
 
 __all__ = [
     "RUNS", "ForecastLossRecovered", "box_mask", "conservation", "edit_forecast", "forecast_faithfulness",
-    "hydrostatic_thickness_error", "lead_step", "level_field", "rollout", "shallow_water_budgets", "thickness_check",
+    "hydrostatic_thickness_error", "lead_step", "level_field", "loss_recovered_eval", "rollout", "shallow_water_budgets",
+    "thickness_check",
 ]
 
 log = logging.getLogger(__name__)
@@ -205,9 +206,15 @@ def forecast_faithfulness(adapter: Any, data: Any, hook: str, sae: Any, *, n_ste
 class ForecastLossRecovered:
     """The trainer's :class:`~sciinterp.sae.DownstreamEval` for SFNO: forecast loss recovered.
 
-    Returns ``recovered`` (mean over variables and leads), ``recovered_<var>`` (mean over leads),
-    ``rmse_sae_<var>`` and ``rmse_mean_<var>`` (against the clean forecast, last lead), ``fve``.
+    The loss is the MSE against the clean forecast (0 for the model itself).  Returns
+    ``loss_recovered`` = 1 − MSE(SAE) / MSE(zero-ablated) (mean over variables and leads: the
+    zero-ablation convention), ``recovered`` the same against mean-ablation, ``recovered_<var>``
+    (mean-ablation, mean over leads), ``rmse_sae_<var>`` and ``rmse_mean_<var>`` (against the clean
+    forecast, last lead), ``fve``.
     """
+
+    name = "forecast"
+    """Key of these numbers in ``eval.json``."""
 
     def __init__(self, adapter: Any, hook: str, data: Any, *, n_steps: int = 2, max_times: int | None = 4,
                  mean: torch.Tensor | None = None):
@@ -218,12 +225,30 @@ class ForecastLossRecovered:
     def __call__(self, sae: Any) -> Mapping[str, float]:
         r = forecast_faithfulness(self.adapter, self.data, self.hook, sae, n_steps=self.n_steps,
                                   mean=self.mean, max_times=self.max_times)
-        out = {"recovered": float(r["recovered"].mean()), "fve": float(r.attrs["fve"])}
+        mse = r["rmse_clean"] ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vs_zero = 1 - mse.sel(run="sae") / mse.sel(run="zero")
+        out = {"loss_recovered": float(vs_zero.mean()), "recovered": float(r["recovered"].mean()),
+               "fve": float(r.attrs["fve"])}
         for v in r["variable"].values:
             out[f"recovered_{v}"] = float(r["recovered"].sel(variable=v).mean())
             out[f"rmse_sae_{v}"] = float(r["rmse_clean"].sel(run="sae", variable=v)[-1])
             out[f"rmse_mean_{v}"] = float(r["rmse_clean"].sel(run="mean", variable=v)[-1])
         return out
+
+    def __repr__(self) -> str:  # stable across runs: it keys the pipeline's train stage
+        return (f"ForecastLossRecovered(hook={self.hook!r}, n_steps={self.n_steps}, max_times={self.max_times}"
+                f"{', mean=given' if self.mean is not None else ''})")
+
+
+def loss_recovered_eval(adapter: Any, hook: str, data: Any, *, max_items: int | None = 16) -> ForecastLossRecovered:
+    """:class:`ForecastLossRecovered` over the first ``max_items`` initial times, rolled out as far as the
+    adapter harvests (``adapter.n_steps``, else 2 steps).
+
+    What :func:`sciinterp.intervene.loss_recovered_eval` (the CLI's ``train.loss_recovered``) builds for SFNO.
+    """
+    return ForecastLossRecovered(adapter, hook, data, n_steps=int(getattr(adapter, "n_steps", 2) or 2),
+                                 max_times=max_items)
 
 
 # -- edits --------------------------------------------------------------------------------------
