@@ -21,7 +21,7 @@ import zarr
 
 from sciinterp.store_format import DTYPE_ATTR, StoreError, decode_rows, read_commit, store_parts
 
-__all__ = ["ArraySource", "RowSource", "StoreSource", "as_source"]
+__all__ = ["ArraySource", "HookSources", "RowSource", "StoreSource", "as_source"]
 
 log = logging.getLogger(__name__)
 
@@ -318,9 +318,72 @@ class StoreSource:
             yield torch.from_numpy(carry)
 
 
+class HookSources:
+    """Several hooks' rows of the same tokens, read in lockstep: batches are ``{hook: (B, d_hook)}``.
+
+    Lets one pass over the data train SAEs on several hook points (each ``SAEConfig.hook``
+    picks its rows).  Every hook's source sees the same ``seed``/``start_row``, so row
+    ``i`` of every batch is the same token; for stores this needs every hook chunked
+    alike (true of what :func:`sciinterp.harvest.harvest_to_store` writes) and one
+    shuffle window size, which is set to the smallest default of the hooks.
+
+    Parameters
+    ----------
+    sources
+        ``{hook: RowSource}`` with equal ``n_rows``.
+    """
+
+    def __init__(self, sources: dict[str, RowSource]):
+        if not sources:
+            raise ValueError("HookSources needs at least one hook")
+        self.sources = dict(sources)
+        n = {h: s.n_rows for h, s in self.sources.items()}
+        if len(set(n.values())) != 1:
+            raise ValueError(f"hooks hold different numbers of rows {n}; they must describe the same tokens")
+        layouts = {h: getattr(s, "_chunks", None) for h, s in self.sources.items()}
+        first = next(iter(layouts.values()))
+        if any(v != first for v in layouts.values()):
+            raise ValueError(f"hooks {list(layouts)} are chunked differently, so shuffled batches would not align; "
+                             "harvest them into one store with one chunk_rows")
+
+    @classmethod
+    def from_store(cls, path: str | os.PathLike, hooks: Sequence[str], **kwargs) -> HookSources:
+        """``hooks`` of the store at ``path`` (``kwargs``: :class:`StoreSource`'s ``buffer_rows``, ``prefetch``)."""
+        if not hooks:
+            raise ValueError(f"no hooks named for {path}")
+        if kwargs.get("buffer_rows") is None:  # one window size, so every hook shuffles alike
+            kwargs["buffer_rows"] = min(StoreSource(path, h, prefetch=False).buffer_rows for h in hooks)
+        return cls({h: StoreSource(path, h, **kwargs) for h in hooks})
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.sources)
+
+    @property
+    def d_ins(self) -> dict[str, int]:
+        """Width of every hook's rows."""
+        return {h: s.d_in for h, s in self.sources.items()}
+
+    @property
+    def n_rows(self) -> int:
+        return next(iter(self.sources.values())).n_rows
+
+    def __repr__(self) -> str:
+        return f"HookSources({self.d_ins}, n_rows={self.n_rows})"
+
+    def batches(
+        self, batch_size: int, *, seed: int = 0, shuffle: bool = True, start_row: int = 0
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield ``{hook: float32 (batch_size, d_hook)}`` of the same tokens (see :meth:`RowSource.batches`)."""
+        its = {h: s.batches(batch_size, seed=seed, shuffle=shuffle, start_row=start_row) for h, s in self.sources.items()}
+        for parts in zip(*its.values(), strict=True):
+            yield dict(zip(its, parts))
+
+
 def as_source(
-    data: RowSource | np.ndarray | torch.Tensor | str | os.PathLike, hook: str | None = None, **kwargs
-) -> RowSource:
+    data: RowSource | HookSources | np.ndarray | torch.Tensor | str | os.PathLike,
+    hook: str | Sequence[str] | None = None, **kwargs,
+) -> RowSource | HookSources:
     """Turn what a user has into a :class:`RowSource`.
 
     Parameters
@@ -330,14 +393,17 @@ def as_source(
         (:class:`StoreSource`); a ``(N, d)`` ``.npy`` file, ``numpy.ndarray`` or
         ``torch.Tensor`` (:class:`ArraySource`).
     hook
-        For stores: which hook to read (required if the store holds several).
-        Ignored for arrays, which hold one hook.
+        For stores: which hook to read (required if the store holds several), or a
+        list of hooks read in lockstep (:class:`HookSources`).  Ignored for arrays,
+        which hold one hook.
     kwargs
         Passed to :class:`StoreSource` (``buffer_rows``, ``prefetch``).
     """
-    if isinstance(data, RowSource):
+    if isinstance(data, (RowSource, HookSources)):
         return data
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+        if hook is not None and not isinstance(hook, str):
+            return HookSources.from_store(data, list(hook), **kwargs)
         return StoreSource(data, hook, **kwargs)
     if isinstance(data, (str, os.PathLike, np.ndarray, torch.Tensor)):
         return ArraySource(data)

@@ -153,3 +153,38 @@ def test_train_from_store_records_provenance(tmp_path):
     SparseAutoencoder.load(paths[0], d_in=16, hook="hidden", model_checksum=checksum)
     with pytest.raises(ValueError, match="was trained on model checksum"):
         SparseAutoencoder.load(paths[0], model_checksum="0" * 16)
+
+
+def test_several_hooks_train_in_one_pass(tmp_path):
+    """SAEs on two hook points of one store train in one pass, each as if trained alone on its hook."""
+    from sciinterp.harvest import harvest_to_store
+    from sciinterp.sources import HookSources, StoreSource, as_source
+    from sciinterp.testing import FakeAdapter
+
+    adapter = FakeAdapter()
+    store = harvest_to_store(adapter, [40, 30, 50, 20, 60, 45, 35, 25] * 4, ["hidden", "out"], tmp_path / "s.zarr",
+                             chunk_rows=256, progress=False)
+    src = as_source(store, hook=["hidden", "out"], buffer_rows=512)
+    assert isinstance(src, HookSources) and src.d_ins == {"hidden": 16, "out": 8}
+    # lockstep: row i of every hook's batch is the same token (out = a fixed function of hidden)
+    ref = {h: torch.cat(list(StoreSource(store, h, buffer_rows=512).batches(100, seed=3))) for h in src.hooks}
+    got = {h: torch.cat([b[h] for b in src.batches(100, seed=3)]) for h in src.hooks}
+    for h in src.hooks:
+        torch.testing.assert_close(got[h], ref[h], rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.model[2](got["hidden"]), got["out"], rtol=1e-5, atol=1e-5)
+
+    cfgs = [SAEConfig("topk", d_sae=32, k=2, hook="hidden"), SAEConfig("topk", d_sae=24, k=3, hook="out"),
+            SAEConfig("relu", d_sae=32, hook="hidden")]
+    tc = TrainerConfig(batch_size=128, epochs=1, progress=False)
+    together = fit(src, cfgs, tc)
+    for cfg, sae in zip(cfgs, together):
+        assert sae.d_in == src.d_ins[cfg.hook] and sae.provenance["hook_name"] == cfg.hook
+        alone = fit(as_source(store, hook=[cfg.hook], buffer_rows=512), [cfg], tc)[0]
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            torch.testing.assert_close(getattr(sae, name), getattr(alone, name), rtol=0, atol=0)
+    paths = train(src, cfgs[:2], tc, tmp_path / "saes")
+    assert [p.name for p in paths] == ["hidden-topk-32-k2", "out-topk-24-k3"]
+    assert SparseAutoencoder.load(paths[1], d_in=8, hook="out").d_sae == 24
+    with pytest.raises(ValueError, match=r"SAEConfig.hook='nope'.*\['hidden', 'out'\]"):
+        fit(src, [SAEConfig("topk", d_sae=8, k=2, hook="nope")], tc)

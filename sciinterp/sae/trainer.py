@@ -26,6 +26,7 @@ from sciinterp.sae.dist import all_gather_fn, all_sum_fn, get_dist, pick_device
 from sciinterp.sae.metrics import DownstreamEval
 from sciinterp.sae.model import SparseAutoencoder
 from sciinterp.sae.runlog import RunLogger
+from sciinterp.sources import HookSources
 
 __all__ = ["StepInfo", "fit", "train"]
 
@@ -50,6 +51,8 @@ class _Run:
 
     cfg: SAEConfig
     name: str
+    hook: str
+    """Key of this SAE's rows in a batch."""
     sae: SparseAutoencoder
     opt: torch.optim.Optimizer
     mean: torch.Tensor
@@ -89,16 +92,18 @@ def _make_optimizer(sae: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
 
 
 def _names(cfgs: Sequence[SAEConfig]) -> list[str]:
+    """Directory names: ``run_name``, prefixed by the hook when a run trains on several hooks."""
+    several = len({c.hook for c in cfgs}) > 1
     seen: dict[str, int] = {}
     out = []
     for c in cfgs:
-        n = c.run_name
+        n = f"{c.hook}-{c.run_name}".replace("/", "_") if several and c.hook and not c.name else c.run_name
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
     return out
 
 
-def _fingerprint(cfgs: Sequence[SAEConfig], tc: TrainerConfig, d_in: int, n_rows: int) -> str:
+def _fingerprint(cfgs: Sequence[SAEConfig], tc: TrainerConfig, d_in: Any, n_rows: int) -> str:
     keep = {k: v for k, v in asdict(tc).items() if k in ("batch_size", "max_rows", "epochs", "seed", "warmup_steps",
                                                            "decay", "decay_start", "min_lr_ratio", "grad_clip")}
     doc = json.dumps([[asdict(c) for c in cfgs], keep, d_in, n_rows], sort_keys=True, default=str)
@@ -113,26 +118,52 @@ def _schedule(n_rows: int, tc: TrainerConfig) -> tuple[int, int]:
     return total, full * per_epoch + math.ceil(rem / tc.batch_size)
 
 
-def _batches(source: Any, tc: TrainerConfig, total: int, epoch: int, row: int) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """(epoch, first row in epoch, global batch) from ``(epoch, row)`` on, ``total`` rows in all."""
+def _batches(source: HookSources, tc: TrainerConfig, total: int, epoch: int,
+             row: int) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+    """(epoch, first row in epoch, global batch per hook) from ``(epoch, row)`` on, ``total`` rows in all."""
     seen = epoch * source.n_rows + row
     while seen < total:
         for batch in source.batches(tc.batch_size, seed=tc.seed + epoch, shuffle=True, start_row=row):
-            batch = batch[: total - seen]
+            batch = {h: b[: total - seen] for h, b in batch.items()}
+            n = next(iter(batch.values())).shape[0]
             yield epoch, row, batch
-            row += batch.shape[0]
-            seen += batch.shape[0]
+            row += n
+            seen += n
             if seen >= total:
                 return
         epoch, row = epoch + 1, 0
 
 
-def _prepare(source: Any, cfgs: Sequence[SAEConfig], tc: TrainerConfig, dev: torch.device) -> list[_Run]:
-    first = next(iter(source.batches(tc.batch_size, seed=tc.seed, shuffle=True))).to(dev, torch.float32)
+def _hooked(src: Any, cfgs: Sequence[SAEConfig]) -> tuple[HookSources, list[str]]:
+    """The source as :class:`HookSources` and the hook each config trains on.
+
+    A single-hook source serves every config under its own hook name (``SAEConfig.hook``
+    is then only a label); a :class:`HookSources` needs each config's ``hook`` to be one
+    of its hooks (or holds just one).
+    """
+    if not isinstance(src, HookSources):
+        key = getattr(src, "hook", None) or "rows"
+        return HookSources({key: src}), [key] * len(cfgs)
+    hooks = []
+    for c in cfgs:
+        if c.hook is None and len(src.hooks) == 1:
+            hooks.append(src.hooks[0])
+        elif c.hook not in src.sources:
+            raise ValueError(f"SAEConfig.hook={c.hook!r} (SAE {c.run_name!r}) is not among the source's hooks "
+                             f"{src.hooks}; set hook= on every SAE of a several-hook run")
+        else:
+            hooks.append(c.hook)
+    return src, hooks
+
+
+def _prepare(source: HookSources, hooks: Sequence[str], cfgs: Sequence[SAEConfig], tc: TrainerConfig,
+             dev: torch.device) -> list[_Run]:
+    peek = next(iter(source.batches(tc.batch_size, seed=tc.seed, shuffle=True)))
     runs = []
-    for cfg, name in zip(cfgs, _names(cfgs)):
+    for cfg, name, hook in zip(cfgs, _names(cfgs), hooks):
+        first = peek[hook].to(dev, torch.float32)
         gen = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else tc.seed)
-        sae = SparseAutoencoder(cfg, source.d_in, device=dev, generator=gen)
+        sae = SparseAutoencoder(cfg, source.d_ins[hook], device=dev, generator=gen)
         sae.bf16 = tc.autocast == "bf16" or (tc.autocast == "auto" and dev.type == "cuda")
         _maybe_compile(sae, tc)
         mean, scale = _norm_stats(first, cfg.normalize)
@@ -144,7 +175,7 @@ def _prepare(source: Any, cfgs: Sequence[SAEConfig], tc: TrainerConfig, dev: tor
                 sae.b_dec.copy_(xn.mean(0))
         var = float((xn - xn.mean(0)).pow(2).sum(1).mean())
         zeros = torch.zeros(cfg.d_sae, dtype=torch.long, device=dev)
-        runs.append(_Run(cfg, name, sae, _make_optimizer(sae, cfg.learning_rate), mean, scale, var, zeros,
+        runs.append(_Run(cfg, name, hook, sae, _make_optimizer(sae, cfg.learning_rate), mean, scale, var, zeros,
                          zeros.clone()))
     return runs
 
@@ -283,7 +314,7 @@ def fit(
     tc = trainer
     if not saes:
         raise ValueError("train: the list of SAEConfigs is empty")
-    src = as_source(source)
+    src, hooks = _hooked(as_source(source), saes)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     rank, world = get_dist()
@@ -291,8 +322,9 @@ def fit(
     all_sum, all_gather = all_sum_fn(world), all_gather_fn(world)
     out = Path(out_dir) if out_dir is not None else None
     total, steps = _schedule(src.n_rows, tc)
-    runs = _prepare(src, saes, tc, dev)
-    fp = _fingerprint(saes, tc, src.d_in, src.n_rows)
+    runs = _prepare(src, hooks, saes, tc, dev)
+    d_in = src.d_ins if len(src.hooks) > 1 else next(iter(src.d_ins.values()))  # one width: old fingerprints hold
+    fp = _fingerprint(saes, tc, d_in, src.n_rows)
     ckpt = out / CHECKPOINT if out is not None else None
     state = {"step": 0, "epoch": 0, "row": 0, "rows": 0, "fingerprint": fp}
     if ckpt is not None and tc.resume and ckpt.exists():
@@ -307,12 +339,13 @@ def fit(
     t0, rows0 = time.perf_counter(), rows
     try:
         for epoch, row, batch in _batches(src, tc, total, state["epoch"], state["row"]):
-            n_global = batch.shape[0]
-            local = batch.tensor_split(world)[rank].to(dev, torch.float32, non_blocking=True)
+            n_global = next(iter(batch.values())).shape[0]
+            local = {h: b.tensor_split(world)[rank].to(dev, torch.float32, non_blocking=True) for h, b in batch.items()
+                     if h in hooks}
             lr_f = _lr_factor(step, steps, tc)
             where = f"step {step + 1} (epoch {epoch}, batch rows {row}-{row + n_global} of the pass)"
             for r in runs:
-                _step(r, local, n_global, r.cfg.learning_rate * lr_f, tc, world, all_sum, all_gather, where)
+                _step(r, local[r.hook], n_global, r.cfg.learning_rate * lr_f, tc, world, all_sum, all_gather, where)
             step, rows = step + 1, rows + n_global
             row_next = row + n_global
             info = StepInfo(step, rows, {r.name: dict(r.last) for r in runs})
@@ -334,13 +367,14 @@ def fit(
         logger.close()
     log.info("trained %d SAE(s): %d steps, %d rows, %.0f rows/s", len(runs), step, rows,
              (rows - rows0) / max(time.perf_counter() - t0, 1e-9))
-    prov = _source_provenance(src) if rank == 0 else {}
+    prov = _source_provenance(next(iter(src.sources.values()))) if rank == 0 else {}
     result = []
     for r in runs:
         sae = r.sae.folded(r.mean, r.scale)
         sae.normalization = {"kind": r.cfg.normalize, "folded": True,
                              "mean": r.mean.reshape(-1).tolist(), "scale": r.scale.reshape(-1).tolist()}
-        sae.provenance = {**prov, "hook_name": r.cfg.hook or prov.get("hook_name"), "rows": rows, "steps": step}
+        hook = r.cfg.hook or (r.hook if len(src.hooks) > 1 else prov.get("hook_name"))
+        sae.provenance = {**prov, "hook_name": hook, "rows": rows, "steps": step}
         sae.training_state = {"fired_count": r.fired_count.cpu(), "steps": step, "rows": rows}
         sae.eval()
         result.append(sae)
