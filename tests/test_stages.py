@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 
 from sciinterp.stages import StageError, run_stage
@@ -157,6 +159,7 @@ def test_loss_recovered_eval_dispatches_by_adapter_and_names_what_is_missing():
     ev = loss_recovered_eval(esm, "layer1", proteins, max_items=2)["masked_lm"]
     assert isinstance(ev, ProteinLossRecovered) and list(ev.data) == ["a", "b"]  # > 1,022 residues left out
     assert repr(ev) == "ProteinLossRecovered(hook='layer1', proteins=2, first='a')"
+    assert ev(SimpleNamespace(provenance={"hook_name": "layer2"})) == {}  # an SAE of another hook: not scored
     with pytest.raises(ValueError, match="no protein of at most 1022 residues"):
         loss_recovered_eval(esm, "layer1", {"long": "A" * 1100})
 
@@ -176,3 +179,6 @@ def test_loss_recovered_eval_for_a_weather_adapter_rolls_out_as_far_as_it_harves
     out = ev(SparseAutoencoder.load(save_identity_sae(tmp_path / "sae", 8, "block1")))  # reconstructs exactly
     assert out["loss_recovered"] == pytest.approx(1.0, abs=1e-6) and out["recovered"] == pytest.approx(1.0, abs=1e-6)
     assert set(out) >= {"fve", "recovered_z", "rmse_sae_z", "rmse_mean_z"}
+    other = SparseAutoencoder.load(tmp_path / "sae")
+    other.provenance = {**other.provenance, "hook_name": "block0"}  # same width, another hook
+    assert ev(other) == {}

@@ -229,7 +229,8 @@ class ProteinLossRecovered:
 
     ``train(..., evaluators={"masked_lm": ProteinLossRecovered(adapter, "layer4", proteins)})``
     writes every field of :class:`MaskedLMFaithfulness` to the SAE's ``eval.json``, plus
-    ``loss_recovered`` (= ``recovered_zero``, the usual zero-ablation convention).
+    ``loss_recovered`` (= ``recovered_zero``, the usual zero-ablation convention).  An SAE whose
+    provenance names another hook is not scored (``{}``).
     """
 
     name = "masked_lm"
@@ -240,6 +241,10 @@ class ProteinLossRecovered:
         self.adapter, self.hook, self.data, self.mean, self.kw = adapter, hook, dict(_sequences(data)), mean, kw
 
     def __call__(self, sae: Any) -> Mapping[str, float]:
+        trained_on = (getattr(sae, "provenance", None) or {}).get("hook_name")
+        if trained_on not in (None, self.hook):  # one pass may train SAEs on several hooks
+            log.info("masked-LM loss recovered at %s: skipping an SAE trained on %r", self.hook, trained_on)
+            return {}
         res = masked_lm_faithfulness(self.adapter, self.data, self.hook, sae, mean=self.mean, **self.kw)
         return {"loss_recovered": float(res.recovered_zero), **{k: float(v) for k, v in res._asdict().items()}}
 

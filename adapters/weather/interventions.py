@@ -210,7 +210,7 @@ class ForecastLossRecovered:
     ``loss_recovered`` = 1 − MSE(SAE) / MSE(zero-ablated) (mean over variables and leads: the
     zero-ablation convention), ``recovered`` the same against mean-ablation, ``recovered_<var>``
     (mean-ablation, mean over leads), ``rmse_sae_<var>`` and ``rmse_mean_<var>`` (against the clean
-    forecast, last lead), ``fve``.
+    forecast, last lead), ``fve``.  An SAE whose provenance names another hook is not scored (``{}``).
     """
 
     name = "forecast"
@@ -223,6 +223,10 @@ class ForecastLossRecovered:
         self.n_steps, self.max_times, self.mean = n_steps, max_times, mean
 
     def __call__(self, sae: Any) -> Mapping[str, float]:
+        trained_on = (getattr(sae, "provenance", None) or {}).get("hook_name")
+        if trained_on not in (None, self.hook):  # one pass may train SAEs on several hooks
+            log.info("forecast loss recovered at %s: skipping an SAE trained on %r", self.hook, trained_on)
+            return {}
         r = forecast_faithfulness(self.adapter, self.data, self.hook, sae, n_steps=self.n_steps,
                                   mean=self.mean, max_times=self.max_times)
         mse = r["rmse_clean"] ** 2
