@@ -9,14 +9,21 @@ Layout of one store (a zarr v3 group, ``*.zarr``; see ``docs/store.md``)::
     sciinterp_items   (sciinterp_item,)   keys of the items stored so far, in order
     zarr.json         group attributes: provenance + the commit record ``sciinterp_commit``
 
-Arrays are appended in whole chunks (no chunk is read back and rewritten), and
-committed in whole items (proteins, time steps).  After each flush the
-commit record (rows, items, categories, arrays so far) is rewritten in the group's
-``zarr.json``; zarr's local store replaces every file atomically (temporary name,
-then rename), chunks included.  Rows and items beyond the commit are ignored by
+The writer writes the zarr v3 files itself (:mod:`sciinterp.store_chunks`: zarr-python's
+per-operation cost dwarfed a small model's forward pass); readers use zarr.  Rows go into
+one chunk buffer per array and every chunk is written when it fills (no chunk is read
+back); items are committed whole (proteins, time steps).  At each commit the arrays'
+shapes and then the commit record (rows, items, categories, arrays so far) in the
+group's ``zarr.json`` are replaced atomically (temporary name, then rename), as is any
+chunk file holding committed rows.  Rows and items beyond the commit are ignored by
 readers and cut away when a writer reopens the store, so a harvest killed at any
 moment leaves a readable store, and rerunning it skips the committed items:
 every token ends up stored exactly once.
+
+Activations that arrive column-major (the ``(token, d)`` transpose of a contiguous
+``(d, token)`` block, as channels-first models produce them) are stored column-major
+(zarr's ``transpose`` codec), so harvesting does no element-wise transpose; readers see
+``(token, d)`` either way.  Coordinate arrays have ``COORD_CHUNK_FACTOR`` times larger chunks.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import xarray as xr
 import zarr
 
 from sciinterp.adapter import TokenBatch
+from sciinterp.store_chunks import ChunkedArray, atomic_write
 from sciinterp.store_format import (
     _ITEM_CHUNK,
     CATEGORIES_ATTR,
@@ -46,7 +54,7 @@ from sciinterp.store_format import (
     Dtype,
     StoreError,
     _finite_rows,
-    activation_compressors,
+    COMPRESSIONS,
     categories_array,
     factorize_runs,
     _quiet_zarr,
@@ -74,14 +82,27 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+COORD_CHUNK_FACTOR = 4
+"""Coordinate arrays have chunks of ``COORD_CHUNK_FACTOR * chunk_rows`` rows: they are small
+(4-8 bytes a token), and every chunk is a file, which costs more to create than to fill."""
+
 
 class _Rows(NamedTuple):
-    """A checked batch in on-disk form, waiting in the writer's buffer."""
+    """A checked batch in on-disk form."""
 
     acts: dict[str, np.ndarray]
     coords: dict[str, np.ndarray]
     items: list[str]
     n_dropped: int = 0
+
+
+class _Pending(NamedTuple):
+    """Items of a batch pushed to the arrays but not committed yet."""
+
+    items: list[str]
+    end: int
+    """Row after the batch's last row."""
+    n_dropped: int
 
 
 def _kind(values: np.ndarray) -> str:
@@ -105,11 +126,11 @@ class StoreWriter:
     chunk_rows
         Rows per zarr chunk along ``token``.
     flush_rows
-        Rows buffered before a flush.  A flush writes the whole chunks buffered
-        (the rest waits for the next one, so no chunk is written twice) and
-        commits the items whose rows are all written.  Default: whole chunks up
-        to about 64 MiB (1 to 4 chunks).  :meth:`flush` and :meth:`close` write
-        and commit everything.
+        Uncommitted rows that trigger a commit of the items whose rows lie in
+        whole chunks already written (chunks are written as they fill; the partly
+        filled last one waits, so an activation chunk is written once).  Default:
+        whole chunks up to about 64 MiB (1 to 4 chunks).  :meth:`flush` and
+        :meth:`close` write and commit everything.
     attrs
         Provenance written into the store's attributes (adapter, model, hooks,
         data source, resolved config...).  On resume, ``model_checksum``,
@@ -119,10 +140,11 @@ class StoreWriter:
         ``dtype``, so float16 overflow counts); ``"drop"`` drops those tokens and
         counts them (``open_store(path).attrs["n_dropped_nonfinite"]``).
     compression
-        Codec of the activation arrays: ``"lz4"`` (Blosc lz4, bit-shuffled: ~12 %
-        smaller than raw float32, ~25 % for bfloat16, at ~1.6x the raw write
-        cost), ``"zstd"`` (zarr's default: ~13 % / ~25 % smaller, ~2.7x the raw
-        write cost) or ``"none"``.  Readers need not know.  Coordinates are always zstd.
+        Codec of the activation arrays: ``"lz4"`` (Blosc lz4, bit-shuffled: ~12-16 %
+        smaller than raw float32, ~25 % for bfloat16, at ~2-3x the raw write
+        cost), ``"zstd"`` (~13 % / ~25 % smaller, ~4x the raw write cost) or
+        ``"none"`` (the cheapest to write and read).  Readers need not know.
+        Coordinates are always zstd.
     """
 
     def __init__(
@@ -136,7 +158,9 @@ class StoreWriter:
         nonfinite: Literal["error", "drop"] = "error",
         compression: Literal["lz4", "zstd", "none"] = "lz4",
     ) -> None:
-        self.compressors = activation_compressors(compression)
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
+        self.compression = compression
         if dtype not in _NUMPY_DTYPE:
             raise ValueError(f"dtype must be one of {sorted(_NUMPY_DTYPE)}, got {dtype!r}")
         if nonfinite not in ("error", "drop"):
@@ -148,11 +172,10 @@ class StoreWriter:
         self.dtype = dtype
         self.chunk_rows = int(chunk_rows)
         self.nonfinite = nonfinite
-        self._buffer: list[_Rows] = []  # batches not committed yet (their first rows may be written)
-        self._buffered_rows = 0
-        self._written = 0  # rows on disk (committed or not); the next write starts here
-        self._arrays: dict[str, zarr.Array] = {}  # open handles, kept across flushes
+        self._pending: list[_Pending] = []  # batches pushed to the arrays, not committed yet
+        self._arrays: dict[str, ChunkedArray] = {}  # written directly (store_chunks), kept across flushes
         self._categories: dict[str, dict[str, int]] = {}  # string coord -> {value: code}
+        self._last_encoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # coord -> (read-only values, codes)
         self._schema: dict[str, dict[str, Any]] | None = None  # {"hooks": {h: d}, "coords": {c: kind}}
         attrs = _jsonable(attrs or {})
         if is_store(self.path) or (self.path / "sciinterp_commit.json").exists():
@@ -162,12 +185,12 @@ class StoreWriter:
                 raise StoreError(f"{self.path} exists and is not a sciinterp activation store; choose a new path")
             commit = {"format_version": FORMAT_VERSION, "n_rows": 0, "n_items": 0, "complete": False,
                       "n_dropped_nonfinite": 0, "arrays": []}  # fmt: skip
-            self.group = zarr.open_group(
-                self.path, mode="w", zarr_format=3, attributes={**attrs, DTYPE_ATTR: dtype, COMMIT_ATTR: commit}
-            )
-            self.commit = commit
+            self._group_meta = {"attributes": {**attrs, DTYPE_ATTR: dtype}, "zarr_format": 3, "node_type": "group"}
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.commit = {}
+            self._commit(commit)
             self._done: set[str] = set()
-        self._written = self.commit["n_rows"]
+        self._pushed = self.commit["n_rows"]  # rows pushed to the arrays (committed or not)
 
     # -- opening ---------------------------------------------------------
     def _open_existing(self, attrs: Mapping[str, Any]) -> None:
@@ -199,7 +222,7 @@ class StoreWriter:
                 keep = n_items if name == ITEMS_ARRAY else n_cats[cat_of[name]] if name in cat_of else n
                 if arr.shape[0] != keep:  # rows past the last commit: a killed write
                     arr.resize((keep, *arr.shape[1:]))
-                self._arrays[name] = arr
+                self._arrays[name] = ChunkedArray.open(self.path / name)
             for c, k in n_cats.items():
                 values = arrays[categories_array(c)][:k] if k else []
                 self._categories[c] = {str(v): i for i, v in enumerate(values)}
@@ -214,6 +237,7 @@ class StoreWriter:
                         if arrays[c].ndim == 1 and c != ITEMS_ARRAY and c not in cat_of
                     },
                 }
+        self._group_meta = json.loads((self.path / "zarr.json").read_text())
         self._done = set(stored_items(self.path))
         if n:
             log.info("resuming %s: %d rows, %d items already stored", self.path, n, n_items)
@@ -226,11 +250,15 @@ class StoreWriter:
 
     @property
     def n_rows(self) -> int:
-        """Rows committed plus rows waiting in the buffer."""
-        return self.commit["n_rows"] + self._buffered_rows
+        """Rows committed plus rows appended since."""
+        return self._pushed
 
     def append(self, batch: TokenBatch) -> None:
-        """Check and buffer one batch; flushes whenever ``flush_rows`` rows are waiting."""
+        """Check one batch and push its rows to the arrays (whole chunks are written as they fill).
+
+        The caller may reuse the batch's arrays afterwards.  Commits whenever ``flush_rows``
+        rows are uncommitted.
+        """
         dup = self._done.intersection(batch.items)
         if dup:
             raise StoreError(f"{self.path}: items already stored: {sorted(dup)[:5]}")
@@ -241,13 +269,18 @@ class StoreWriter:
             list(batch.items),
         )
         rows = self._encode(self._check_finite(rows))
-        self._buffer.append(rows)
-        self._buffered_rows += len(next(iter(rows.acts.values())))
+        if not self.commit["arrays"]:
+            self._create_arrays(rows)
+        with _quiet_zarr():
+            for name, values in (*rows.acts.items(), *rows.coords.items()):
+                self._arrays[name].push(values)
+        self._pushed += len(next(iter(rows.acts.values())))
+        self._pending.append(_Pending(rows.items, self._pushed, rows.n_dropped))
         self._done.update(batch.items)
         if self.flush_rows is None:
             row_bytes = sum(a.shape[1] * a.itemsize for a in rows.acts.values())
             self.flush_rows = self.chunk_rows * max(1, min(4, (64 << 20) // max(1, self.chunk_rows * row_bytes)))
-        if self._buffered_rows >= self.flush_rows:
+        if self._pushed - self.commit["n_rows"] >= self.flush_rows:
             self._flush(whole_chunks=True)
 
     def _encode(self, rows: _Rows) -> _Rows:
@@ -256,9 +289,16 @@ class StoreWriter:
             self._categories = {c: {} for c, v in rows.coords.items() if _kind(v) == "str"}
         coords = dict(rows.coords)
         for c, table in self._categories.items():
-            codes, uniques = factorize_runs(coords[c])
+            values = coords[c]
+            last = self._last_encoded.get(c)
+            if last is not None and last[0] is values:  # the same read-only array as the last batch's
+                coords[c] = last[1]
+                continue
+            codes, uniques = factorize_runs(values)
             lut = np.array([table.setdefault(str(u), len(table)) for u in uniques], dtype=np.int32)
             coords[c] = lut[codes] if codes.size else np.zeros(0, np.int32)
+            if not values.flags.writeable:  # an adapter's cached column: encode it once
+                self._last_encoded[c] = (values, coords[c])
         return rows._replace(coords=coords)
 
     def _check_schema(self, batch: TokenBatch) -> None:
@@ -304,88 +344,84 @@ class StoreWriter:
 
     def _create_arrays(self, batch: _Rows) -> None:
         coord_names = " ".join(batch.coords)
-        # overwrite: skips existence checks (a killed first flush's arrays are gone, see _open_existing);
-        # write_empty_chunks: skips scanning every chunk for all-fill-value
-        make = partial(self.group.create_array, overwrite=True, config={"write_empty_chunks": True})
+        names = [*batch.acts, *batch.coords, *map(categories_array, self._categories), ITEMS_ARRAY]
+        for name in names:
+            if (self.path / name).exists():  # left by a killed first flush (not in the commit)
+                shutil.rmtree(self.path / name)
+        make = partial(ChunkedArray.create, chunk_rows=self.chunk_rows)
+        coord = partial(ChunkedArray.create, width=(), chunk_rows=self.chunk_rows * COORD_CHUNK_FACTOR,
+                        dimension_names=["token"])  # fmt: skip
+        strings = partial(ChunkedArray.create, width=(), chunk_rows=_ITEM_CHUNK, dtype="string")
+        arrays = {}
         for hook, x in batch.acts.items():
-            d = x.shape[1]
-            make(hook, shape=(0, d), chunks=(self.chunk_rows, d), dtype=_NUMPY_DTYPE[self.dtype], compressors=self.compressors,
-                 dimension_names=["token", f"d_{hook}"], attributes={"coordinates": coord_names, DTYPE_ATTR: self.dtype})  # fmt: skip
+            # column-major input (channels-first models) is stored column-major: no transpose when writing
+            order = "F" if x.shape[1] > 1 and not x.flags.c_contiguous and x.T.flags.c_contiguous else "C"
+            arrays[hook] = make(self.path / hook, width=(x.shape[1],), dtype=_NUMPY_DTYPE[self.dtype],
+                                compression=self.compression, order=order, dimension_names=["token", f"d_{hook}"],
+                                attributes={"coordinates": coord_names, DTYPE_ATTR: self.dtype})  # fmt: skip
         for name, values in batch.coords.items():
             if name in self._categories:
                 cats = categories_array(name)
-                make(name, shape=(0,), chunks=(self.chunk_rows,), dtype=np.int32, dimension_names=["token"],
-                     attributes={CATEGORIES_ATTR: cats})  # fmt: skip
-                make(cats, shape=(0,), chunks=(_ITEM_CHUNK,), dtype=str, dimension_names=[cats])
+                arrays[name] = coord(self.path / name, dtype=np.int32, attributes={CATEGORIES_ATTR: cats})
+                arrays[cats] = strings(self.path / cats, dimension_names=[cats])
             else:
-                dtype = str if values.dtype.kind in "USOT" else values.dtype
-                make(name, shape=(0,), chunks=(self.chunk_rows,), dtype=dtype, dimension_names=["token"])
-        make(ITEMS_ARRAY, shape=(0,), chunks=(_ITEM_CHUNK,), dtype=str, dimension_names=["sciinterp_item"])
-        names = [*batch.acts, *batch.coords, *map(categories_array, self._categories), ITEMS_ARRAY]
-        self._arrays = {n: self.group[n] for n in names}
+                dtype = "string" if values.dtype.kind in "USOT" else values.dtype
+                arrays[name] = coord(self.path / name, dtype=dtype)
+        arrays[ITEMS_ARRAY] = strings(self.path / ITEMS_ARRAY, dimension_names=["sciinterp_item"])
+        self._arrays = {n: arrays[n] for n in names}
         self._commit({"arrays": names, "categories": {c: 0 for c in self._categories}, "format_version": FORMAT_VERSION})
 
     def _commit(self, changes: Mapping[str, Any]) -> None:
         """Record ``changes`` in the commit: one atomic rewrite of the group's zarr.json."""
         self.commit = {**self.commit, **changes}
-        self.group.attrs[COMMIT_ATTR] = self.commit
-
-    @staticmethod
-    def _append(arr: zarr.Array, n0: int, block: np.ndarray) -> None:
-        n1 = n0 + block.shape[0]
-        arr.resize((n1, *arr.shape[1:]))
-        arr[n0:n1] = block
+        self._group_meta["attributes"][COMMIT_ATTR] = self.commit
+        atomic_write(self.path / "zarr.json", json.dumps(self._group_meta, indent=2).encode())
 
     def flush(self) -> None:
         """Write every buffered row (the last chunk may be partial), then commit them atomically."""
         self._flush(whole_chunks=False)
 
     def _flush(self, whole_chunks: bool) -> None:
-        """Write buffered rows up to the last chunk boundary (or all), then commit the items fully written.
+        """Commit the items whose rows are all on disk: in whole chunks of every hook, or (``whole_chunks=False``) all.
 
         Rows are written before the commit that covers them; rows past the commit are
         invisible to readers and cut on resume, so a kill at any moment is safe.
         """
-        if not self._buffer:
+        if not self._pending:
             return
-        n0, end = self.commit["n_rows"], self.commit["n_rows"] + self._buffered_rows
-        stop = end - end % self.chunk_rows if whole_chunks else end
-        ends = n0 + np.cumsum([len(next(iter(r.acts.values()))) for r in self._buffer])
-        n_done = int(np.searchsorted(ends, stop, side="right"))  # batches whose rows all lie below stop
-        if stop <= self._written and not n_done:
+        hooks = self._schema["hooks"] if self._schema else {}
+        token_arrays = [*hooks, *self._schema["coords"]] if self._schema else []
+        if not whole_chunks:
+            for name in token_arrays:
+                self._arrays[name].sync()
+        limit = min(self._arrays[h].rows for h in hooks)
+        n_done = int(np.searchsorted([p.end for p in self._pending], limit, side="right"))
+        if not n_done:
             return
+        done, stop = self._pending[:n_done], self._pending[n_done - 1].end
         with _quiet_zarr():
-            first = self._buffer[0]
-            if not self.commit["arrays"]:
-                self._create_arrays(first)
-            lo, hi = self._written - n0, stop - n0
-            if hi > lo:
-                for name in [*first.acts, *first.coords]:
-                    src = "acts" if name in first.acts else "coords"
-                    block = np.concatenate([getattr(b, src)[name] for b in self._buffer])[lo:hi]
-                    if block.dtype.kind in "SOT":
-                        block = block.astype(str)
-                    self._append(self._arrays[name], self._written, block)
-                self._written = stop
-            n_cats = dict(self.commit.get("categories", {}))
+            for name in token_arrays:  # coordinates have larger chunks than activations: write their last one
+                if self._arrays[name].rows < stop:
+                    self._arrays[name].sync()
+            n_cats = {}
             for c, table in self._categories.items():
-                if len(table) > n_cats[c]:
-                    new = np.array(list(table)[n_cats[c] :], dtype=str)
-                    self._append(self._arrays[categories_array(c)], n_cats[c], new)
-                    n_cats[c] = len(table)
-            done = self._buffer[:n_done]
-            items = np.array([i for b in done for i in b.items], dtype=str)
-            if items.size:
-                self._append(self._arrays[ITEMS_ARRAY], self.commit["n_items"], items)
-            if n_done:
-                self._commit({
-                    "n_rows": int(ends[n_done - 1]),
-                    "n_items": self.commit["n_items"] + items.size,
-                    "n_dropped_nonfinite": self.commit["n_dropped_nonfinite"] + sum(b.n_dropped for b in done),
-                    **({"categories": n_cats} if n_cats else {}),
-                })  # fmt: skip
-        self._buffered_rows -= int(ends[n_done - 1]) - n0 if n_done else 0
-        del self._buffer[:n_done]
+                cats = self._arrays[categories_array(c)]
+                if len(table) > cats.pushed:
+                    cats.push(np.array(list(table)[cats.pushed :], dtype=object))
+                cats.sync()
+                n_cats[c] = len(table)
+            items = self._arrays[ITEMS_ARRAY]
+            items.push(np.array([i for p in done for i in p.items], dtype=object))
+            items.sync()
+            for arr in self._arrays.values():
+                arr.write_meta()
+            self._commit({
+                "n_rows": int(stop),
+                "n_items": items.rows,
+                "n_dropped_nonfinite": self.commit["n_dropped_nonfinite"] + sum(p.n_dropped for p in done),
+                **({"categories": n_cats} if n_cats else {}),
+            })  # fmt: skip
+        del self._pending[:n_done]
 
     def close(self, complete: bool = True) -> None:
         """Flush; with ``complete`` mark the harvest as finished."""

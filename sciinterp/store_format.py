@@ -57,19 +57,6 @@ def categories_array(coord: str) -> str:
     return f"sciinterp_categories_{coord}"
 
 
-def activation_compressors(compression: str) -> Any:
-    """zarr ``compressors`` for activation arrays: ``lz4`` (Blosc, bit-shuffled), ``zstd`` or ``none``."""
-    if compression == "lz4":
-        from zarr.codecs import BloscCodec
-
-        return BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle")
-    if compression == "zstd":
-        return "auto"
-    if compression == "none":
-        return None
-    raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
-
-
 def factorize_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(codes, uniques)`` of a 1-d string array, hashing only the starts of runs of equal values.
 

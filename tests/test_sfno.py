@@ -100,6 +100,27 @@ def test_tokens_coords_and_values_match_forward(ds):
     assert c["lat"][row] == pytest.approx(grid_latitudes(NLAT)[i_lat]) and c["lon"][row] == pytest.approx(i_lon * 360 / NLON)
 
 
+def test_batches_are_column_major_with_shared_read_only_coords(ds, tmp_path):
+    """No element-wise transpose in the adapter nor the store; coordinate columns built once per batch of times."""
+    import zarr
+
+    ad = tiny_adapter(n_steps=2, batch_size=2)
+    batches = list(ad.harvest(ds, ["block1"]))
+    x = batches[0].acts["block1"]
+    assert x.shape == (2 * NLAT * NLON, 8) and x.T.is_contiguous() and not x.is_contiguous()
+    t0, t1 = batches[0].coords["time"], batches[1].coords["time"]
+    assert t0 is t1 and not t0.flags.writeable  # the two leads of one batch of initial times
+    assert all(not v.flags.writeable for v in batches[0].coords.values())
+    again = list(ad.harvest(ds, ["block1"]))
+    assert again[0].coords["lat"] is batches[0].coords["lat"]  # cached across harvests
+    path = harvest_to_store(ad, ds, ["block1"], tmp_path / "s.zarr", progress=False)
+    assert type(zarr.open_array(path / "block1").metadata.codecs[0]).__name__ == "TransposeCodec"
+    st = open_store(path)
+    np.testing.assert_array_equal(st.block1.values, np.concatenate([b.acts["block1"].numpy() for b in batches]))
+    np.testing.assert_array_equal(st.time.values, np.concatenate([b.coords["time"] for b in batches]))
+    np.testing.assert_array_equal(st.lat.values, np.concatenate([b.coords["lat"] for b in batches]))
+
+
 def test_skip_resumes_by_item(ds):
     ad = tiny_adapter(n_steps=2, batch_size=3)
     full = {k: b for b in ad.harvest(ds, ["block1"]) for k in b.items}

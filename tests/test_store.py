@@ -10,6 +10,7 @@ import zarr
 from sciinterp.adapter import TokenBatch
 from sciinterp.harvest import harvest_to_store
 from sciinterp.store import (
+    COORD_CHUNK_FACTOR,
     FORMAT_VERSION,
     StoreError,
     StoreWriter,
@@ -18,6 +19,7 @@ from sciinterp.store import (
     read_commit,
     stored_items,
 )
+from sciinterp.store_chunks import ChunkedArray
 from sciinterp.testing import FakeAdapter
 
 
@@ -129,13 +131,13 @@ def test_flush_size_defaults_to_whole_chunks_up_to_64mib(tmp_path):
 
 def test_flushes_never_rewrite_a_chunk(tmp_path, monkeypatch):
     writes: list[tuple[str, int, int]] = []
-    real = StoreWriter._append
-    monkeypatch.setattr(StoreWriter, "_append", staticmethod(
-        lambda arr, n0, block: (writes.append((arr.basename, n0, len(block))), real(arr, n0, block))))  # fmt: skip
+    real = ChunkedArray._write_chunk
+    monkeypatch.setattr(ChunkedArray, "_write_chunk", lambda self, index, buf, filled: (
+        writes.append((self.path.name, index, filled)), real(self, index, buf, filled)))  # fmt: skip
     with StoreWriter(tmp_path / "s.zarr", chunk_rows=4, flush_rows=4) as w:
         for i in range(5):
             w.append(_batch(3, start=3 * i, item=f"x{i}"))
-    assert [(n0, k) for name, n0, k in writes if name == "h"] == [(0, 4), (4, 4), (8, 4), (12, 3)]
+    assert [(i, k) for name, i, k in writes if name == "h"] == [(0, 4), (1, 4), (2, 4), (3, 3)]  # (chunk, rows)
     np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").i.values, np.arange(15))
 
 
@@ -250,7 +252,8 @@ def test_uncommitted_rows_are_invisible_and_cut_on_resume(tmp_path):
     path = tmp_path / "s.zarr"
     w = StoreWriter(path, chunk_rows=4, flush_rows=4)
     w.append(_batch(5, item="a"))  # chunk 0 written, nothing committed yet (item a spills into chunk 1)
-    assert read_commit(path)["n_rows"] == 0 and zarr.open_group(path)["h"].shape == (4, 3)
+    assert read_commit(path)["n_rows"] == 0 and (path / "h" / "c.0.0").is_file()
+    assert zarr.open_group(path)["h"].shape == (0, 3)  # the shape grows with the commit
     w.flush()  # everything written and committed
     w.append(_batch(2, start=5, item="b"))  # buffered only
     # simulate a crash after the arrays grew but before the commit
@@ -329,3 +332,58 @@ def test_format_2_stores_with_plain_string_coords_still_read_and_resume(tmp_path
     with StoreWriter(path, chunk_rows=4) as w:
         w.append(TokenBatch({"h": torch.zeros(1, 3)}, {"seq": np.array(["p1"])}, ["p1"]))
     assert list(open_store(path).seq.values) == ["p0", "p0", "p1"] and read_commit(path)["format_version"] == 2
+
+
+def test_column_major_activations_stay_column_major_and_read_back_exactly(tmp_path):
+    """A channels-first model hands (token, d) views of (d, token) blocks: stored via zarr's transpose codec."""
+    from sciinterp.sources import StoreSource
+
+    x = torch.randn(5, 50)  # (d, token)
+    path = tmp_path / "f.zarr"
+    with StoreWriter(path, chunk_rows=16, flush_rows=16) as w:
+        w.append(TokenBatch({"h": x[:, :30].contiguous().T}, {"i": np.arange(30)}, ["a"]))  # chunk 0 written whole, 1 partly
+    with StoreWriter(path, chunk_rows=16) as w:  # resume: the partly filled chunk is completed, column-major
+        w.append(TokenBatch({"h": x[:, 30:].contiguous().T}, {"i": np.arange(30, 50)}, ["b"]))
+        w.append(TokenBatch({"h": torch.zeros(0, 5)}, {"i": np.arange(0)}, ["empty"]))
+    arr = zarr.open_array(path / "h", mode="r")
+    assert [type(c).__name__ for c in arr.metadata.codecs][:2] == ["TransposeCodec", "BytesCodec"]
+    assert (path / "h" / "c.3.0").is_file() and not (path / "h" / "c").exists()  # "." chunk keys: no directories
+    np.testing.assert_array_equal(arr[:], x.T.numpy())
+    np.testing.assert_array_equal(open_store(path).h.values, x.T.numpy())
+    rows = np.concatenate([b.numpy() for b in StoreSource(path, hook="h").batches(7, shuffle=False)])
+    np.testing.assert_array_equal(rows, x.T.numpy())
+    assert zarr.open_array(path / "i", mode="r").chunks == (16 * COORD_CHUNK_FACTOR,)
+    assert stored_items(path) == ["a", "b", "empty"]
+    with StoreWriter(tmp_path / "c.zarr", chunk_rows=16) as w:  # row-major input stays row-major
+        w.append(TokenBatch({"h": x.T.contiguous()}, {"i": np.arange(50)}, ["a"]))
+    assert "TransposeCodec" not in [type(c).__name__ for c in zarr.open_array(tmp_path / "c.zarr" / "h").metadata.codecs]
+
+
+def test_categories_are_stored_once_when_a_flush_commits_no_item(tmp_path):
+    path = tmp_path / "s.zarr"
+    with StoreWriter(path, chunk_rows=4, flush_rows=4) as w:
+        w.append(_batch(5, item="a", s=np.array(["x"] * 5)))  # a chunk written, item a not yet committable
+        w.append(_batch(2, start=5, item="b", s=np.array(["y"] * 2)))
+    ds = open_store(path)
+    assert ds.s.values.tolist() == ["x"] * 5 + ["y"] * 2
+    assert zarr.open_group(path)["sciinterp_categories_s"][:].tolist() == ["x", "y"]
+
+
+def test_writer_continues_arrays_that_zarr_wrote(tmp_path):
+    """Stores written before the writer wrote its own files ("/" chunk keys, row-major) are continued."""
+    g = zarr.open_group(tmp_path / "old.zarr", mode="w", zarr_format=3)
+    a = g.create_array("h", shape=(5, 3), chunks=(4, 3), dtype=np.float32)
+    a[:] = np.arange(15, dtype=np.float32).reshape(5, 3)
+    s = g.create_array("s", shape=(3,), chunks=(2,), dtype=str)
+    s[:] = np.array(["p", "q", "r"])
+    h, strings = ChunkedArray.open(tmp_path / "old.zarr" / "h"), ChunkedArray.open(tmp_path / "old.zarr" / "s")
+    h.push(np.arange(15, 33, dtype=np.float32).reshape(6, 3))
+    strings.push(np.array(["t", "u"], dtype=object))
+    for arr in (h, strings):
+        arr.sync()
+        arr.write_meta()
+    assert (tmp_path / "old.zarr" / "h" / "c" / "2" / "0").is_file()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "old.zarr" / "h")[:], np.arange(33).reshape(11, 3))
+    assert zarr.open_array(tmp_path / "old.zarr" / "s")[:].tolist() == ["p", "q", "r", "t", "u"]
+    with pytest.raises(ValueError, match="cannot store dtype complex64"):
+        ChunkedArray.create(tmp_path / "x", width=(), chunk_rows=4, dtype=np.complex64, dimension_names=["token"])

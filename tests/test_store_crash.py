@@ -38,11 +38,12 @@ class Slow(FakeAdapter):
             time.sleep(rnd.uniform(0.03, 0.1))  # 16 batches: ~1 s, longer than most kill delays
             yield b
 
-_append = st.StoreWriter._append
-def slow_append(arr, n0, block):  # widen the window between array writes and the commit
+import sciinterp.store_chunks as sc
+_write_chunk = sc.ChunkedArray._write_chunk
+def slow_write_chunk(self, index, buf, filled):  # widen the window between chunk writes and the commit
     time.sleep(rnd.uniform(0, 0.01))
-    _append(arr, n0, block)
-st.StoreWriter._append = staticmethod(slow_append)
+    _write_chunk(self, index, buf, filled)
+sc.ChunkedArray._write_chunk = slow_write_chunk
 print("start", flush=True)
 harvest_to_store(Slow(items_per_batch=3), LENGTHS, ["hidden", "out"], path, chunk_rows=20, flush_rows=20,
                  part=(rank, world) if world > 1 else None, progress=False)

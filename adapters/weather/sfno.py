@@ -1,30 +1,21 @@
 """SFNO adapter: harvest a Spherical Fourier Neural Operator over autoregressive forecasts.
 
-A checkpoint is two files side by side::
-
-    NAME.safetensors   the state dict of torch-harmonics' SphericalFourierNeuralOperator
-    NAME.json          {"format": "sciinterp-sfno", "format_version": 1, "model_id", "model": {SFNO
-                        kwargs}, "variables": [...], "step_hours": 6, "target": "tendency"|"state",
-                        "mean": {var: float}, "std": {var: float}, "tendency_std": {var: float}}
-
-The adapter normalises inputs with ``mean``/``std``; with ``target="tendency"`` the
-network predicts ``(x[t+1] - x[t]) / tendency_std``, otherwise the normalised next state.
-Hooks are ``encoder``, ``block0`` … ``block{L-1}``, ``decoder``; every grid point of a
-hooked output ``(batch, channel, lat, lon)`` becomes one token.  One item is one
-(initial time, lead): ``"2000-01-01T00:00:00/+12h"``; its tokens are the activations of the
-forward step that produces the forecast at that lead (lead 6 h = the first step).
+A checkpoint is ``NAME.safetensors`` + ``NAME.json`` (:mod:`.sfno_checkpoint`).  The adapter
+normalises inputs with ``mean``/``std``; with ``target="tendency"`` the network predicts
+``(x[t+1] - x[t]) / tendency_std``, otherwise the normalised next state.  Hooks are
+``encoder``, ``block0`` … ``block{L-1}``, ``decoder``; every grid point of a hooked output
+``(batch, channel, lat, lon)`` becomes one token.  One item is one (initial time, lead):
+``"2000-01-01T00:00:00/+12h"``; its tokens are the activations of the forward step that
+produces the forecast at that lead (lead 6 h = the first step).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import threading
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,140 +25,29 @@ import xarray as xr
 from sciinterp.adapter import HookPoint, TokenBatch
 from sciinterp.provenance import state_dict_checksum
 
-__all__ = ["DEMO_CHECKPOINT", "SFNOAdapter", "SFNOMeta", "grid_coords", "item_key", "load_state_checked", "save_sfno"]
+from .sfno_checkpoint import (  # re-exported: the checkpoint API predates the split
+    DEMO_CHECKPOINT,
+    SFNOMeta,
+    _paths,
+    build_sfno,
+    load_sfno,
+    load_state_checked,
+    save_sfno,
+)
+
+__all__ = [
+    "DEMO_CHECKPOINT",
+    "SFNOAdapter",
+    "SFNOMeta",
+    "build_sfno",
+    "grid_coords",
+    "item_key",
+    "load_sfno",
+    "load_state_checked",
+    "save_sfno",
+]
 
 log = logging.getLogger(__name__)
-
-DEMO_CHECKPOINT = Path(__file__).parent / "data" / "sfno_demo.safetensors"
-FORMAT = "sciinterp-sfno"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class SFNOMeta:
-    """What a checkpoint needs beside its weights (the ``.json`` file)."""
-
-    model: dict[str, Any]
-    """Keyword arguments of ``SphericalFourierNeuralOperator`` (``img_size``, ``embed_dim`` ...)."""
-    variables: list[str]
-    """Input/output channels in order, e.g. ``["z", "u", "v"]``."""
-    mean: dict[str, float]
-    """Per-variable mean (physical units) subtracted before the network."""
-    std: dict[str, float]
-    """Per-variable standard deviation dividing the centred inputs."""
-    tendency_std: dict[str, float] = field(default_factory=dict)
-    """Per-variable std of the one-step change; needed when ``target == "tendency"``."""
-    target: str = "tendency"
-    """``"tendency"``: the net predicts the change scaled by ``tendency_std``; ``"state"``: the next state."""
-    step_hours: int = 6
-    """Hours advanced by one forward pass."""
-    model_id: str = "sfno"
-    """Name recorded in provenance."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Anything else worth keeping (training data, skill scores)."""
-
-    def __post_init__(self) -> None:
-        if self.target not in ("tendency", "state"):
-            raise ValueError(f"target must be 'tendency' or 'state', got {self.target!r}")
-        needed = ["mean", "std"] + (["tendency_std"] if self.target == "tendency" else [])
-        for attr in needed:
-            missing = [v for v in self.variables if v not in getattr(self, attr)]
-            if missing:
-                raise ValueError(f"{attr} lacks variables {missing}")
-        if self.model.get("in_chans", 3) != len(self.variables):
-            raise ValueError(f"model in_chans={self.model.get('in_chans', 3)} but {len(self.variables)} variables {self.variables}")
-        if self.step_hours <= 0:
-            raise ValueError(f"step_hours must be > 0, got {self.step_hours}")
-
-    def vector(self, attr: str) -> torch.Tensor:
-        """``mean`` / ``std`` / ``tendency_std`` as a tensor of shape ``(1, C, 1, 1)``."""
-        d = getattr(self, attr)
-        return torch.tensor([d[v] for v in self.variables], dtype=torch.float32).reshape(1, -1, 1, 1)
-
-
-def _paths(checkpoint: str | os.PathLike) -> tuple[Path, Path]:
-    p = DEMO_CHECKPOINT if str(checkpoint) == "demo" else Path(checkpoint)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
-
-
-def save_sfno(path: str | os.PathLike, model: torch.nn.Module, meta: SFNOMeta) -> Path:
-    """Write ``model``'s weights and ``meta`` as ``path.safetensors`` + ``path.json`` (atomically)."""
-    from safetensors.torch import save_file
-
-    weights, meta_path = _paths(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    record = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta.__dict__}
-    tmp_w, tmp_m = weights.with_name(f".{weights.name}.tmp"), meta_path.with_name(f".{meta_path.name}.tmp")
-    save_file(state, str(tmp_w))
-    tmp_m.write_text(json.dumps(record, indent=1))
-    os.replace(tmp_w, weights)
-    os.replace(tmp_m, meta_path)
-    return weights
-
-
-def load_state_checked(
-    model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, describe: str = "", optional: tuple[str, ...] = ()
-) -> None:
-    """``model.load_state_dict(state)``, failing with an error naming ``source`` and the first mismatch.
-
-    Entries of the model whose names start with one of ``optional`` (deterministic buffers
-    such as spherical-harmonic transform tables) may be absent from ``state``.
-    """
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(optional)]
-    unexpected = [k for k in state if k not in own]
-    ctx = f" (model built with {describe})" if describe else ""
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {source} does not fit this architecture{ctx}: "
-            f"missing parameters {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
-            f"unexpected parameters {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
-        )
-    for k, v in own.items():
-        if k in state and tuple(state[k].shape) != tuple(v.shape):
-            raise ValueError(
-                f"checkpoint {source}: parameter {k!r} has shape {tuple(state[k].shape)} in the file "
-                f"but {tuple(v.shape)} in the model{ctx}; the checkpoint is for another width/architecture"
-            )
-    model.load_state_dict(dict(state), strict=not optional)
-
-
-def build_sfno(kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """``SphericalFourierNeuralOperator(**kwargs)`` (``img_size`` as a tuple)."""
-    from torch_harmonics.examples.models import SphericalFourierNeuralOperator
-
-    kw = dict(kwargs)
-    if "img_size" in kw:
-        kw["img_size"] = tuple(kw["img_size"])
-    return SphericalFourierNeuralOperator(**kw)
-
-
-def load_sfno(checkpoint: str | os.PathLike) -> tuple[torch.nn.Module, SFNOMeta]:
-    """Build the network described by ``NAME.json`` and load ``NAME.safetensors`` into it."""
-    from safetensors.torch import load_file
-
-    weights, meta_path = _paths(checkpoint)
-    for p in (weights, meta_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"SFNO checkpoint file not found: {p} (a checkpoint is NAME.safetensors + NAME.json)")
-    rec = json.loads(meta_path.read_text())
-    if rec.get("format") != FORMAT or rec.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{meta_path} has format {rec.get('format')!r} version {rec.get('format_version')!r}; "
-            f"expected {FORMAT!r} version {FORMAT_VERSION}"
-        )
-    fields = {k: v for k, v in rec.items() if k not in ("format", "format_version")}
-    try:
-        meta = SFNOMeta(**fields)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{meta_path}: {err}") from err
-    model = build_sfno(meta.model)
-    describe = ", ".join(f"{k}={meta.model[k]}" for k in ("img_size", "embed_dim", "num_layers", "scale_factor") if k in meta.model)
-    load_state_checked(model, load_file(str(weights)), str(weights), f"{describe} from {meta_path.name}")
-    return model, meta
-
 
 # -- coordinates -----------------------------------------------------------
 def grid_coords(nlat: int, nlon: int, grid: str = "equiangular") -> dict[str, np.ndarray]:
@@ -258,7 +138,9 @@ class SFNOAdapter:
     autocast
         Run the network under ``torch.autocast(device, bfloat16)`` (GPU).
     prefetch
-        Batches computed ahead in a background thread while the consumer writes (0: no thread).
+        Batches computed ahead in a background thread while the consumer works (0: no thread,
+        the default: ``harvest_to_store`` already writes in a thread behind the model, and a
+        second thread costs ~5 % more CPU on a small model, see ``docs/weather-model.md``).
     """
 
     name = "sfno"
@@ -273,7 +155,7 @@ class SFNOAdapter:
         batch_size: int = 4,
         device: str = "cpu",
         autocast: bool = False,
-        prefetch: int = 2,
+        prefetch: int = 0,
     ):
         if model is not None:
             if meta is None:
@@ -295,6 +177,8 @@ class SFNOAdapter:
         if self.meta.target == "tendency":
             self._norm["tendency_std"] = self.meta.vector("tendency_std").to(self.device)
         self._coord_cache: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        self._tile_cache: dict[tuple, dict[str, np.ndarray]] = {}
+        self._time_cache: tuple[Any, np.ndarray | None] = (None, None)
 
     def _load(self, checkpoint) -> tuple[torch.nn.Module, SFNOMeta]:
         return load_sfno(checkpoint)
@@ -485,14 +369,33 @@ class SFNOAdapter:
         shape = next(iter(shapes.values()))
         everyone = rows == list(range(captured[hooks[0]].shape[0]))  # the common case: no copy for the selection
         sel = None if everyone else torch.as_tensor(rows, device=self.device)
-        acts = {h: (captured[h] if sel is None else captured[h].index_select(0, sel))
-                .movedim(1, -1).reshape(-1, captured[h].shape[1]).float().cpu() for h in hooks}
-        grid = self._coords(shape)
+        acts = {}
+        for h in hooks:
+            x = captured[h] if sel is None else captured[h].index_select(0, sel)
+            # (B, C, lat, lon) -> (C, B*lat*lon): copies whole fields, no element-wise transpose; its
+            # transpose is the (token, C) batch, column-major, which the store keeps column-major
+            acts[h] = x.transpose(0, 1).reshape(x.shape[1], -1).float().cpu().T
         n, per = len(rows), shape[0] * shape[1]
-        coords = {
-            "time": np.repeat(np.asarray(times), per),
-            "lead": np.full(n * per, lead, dtype=np.int32),
-            "level": np.full(n * per, np.nan, dtype=np.float32),
-            **{k: np.tile(v, n) for k, v in grid.items()},
-        }
+        if self._time_cache[0] != (times, per):  # the leads of one batch of initial times share it
+            column = np.repeat(np.asarray(times), per)
+            column.flags.writeable = False
+            self._time_cache = ((times, per), column)
+        coords = {"time": self._time_cache[1], **self._tiled(shape, n, lead)}
         return TokenBatch(acts=acts, coords=coords, items=[item_key(t, lead) for t in times])
+
+    def _tiled(self, shape: tuple[int, int], n: int, lead: int) -> dict[str, np.ndarray]:
+        """Coordinates of ``n`` fields on grid ``shape`` other than ``time`` (cached, read-only)."""
+        key = (shape, n, lead)
+        if key not in self._tile_cache:
+            per = shape[0] * shape[1]
+            coords = {
+                "lead": np.full(n * per, lead, dtype=np.int32),
+                "level": np.full(n * per, np.nan, dtype=np.float32),
+                **{k: np.tile(v, n) for k, v in self._coords(shape).items()},
+            }
+            for v in coords.values():
+                v.flags.writeable = False
+            if len(self._tile_cache) > 64:
+                self._tile_cache.clear()
+            self._tile_cache[key] = coords
+        return self._tile_cache[key]
