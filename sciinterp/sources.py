@@ -11,9 +11,9 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import zarr
 
 from sciinterp.store_format import DTYPE_ATTR, StoreError, decode_rows, read_commit, store_parts
 
-__all__ = ["ArraySource", "HookSources", "RowSource", "StoreSource", "as_source"]
+__all__ = ["ArraySource", "HookSources", "RowSource", "StoreSource", "as_source", "read_ahead"]
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +316,54 @@ class StoreSource:
                     carry = rows
         if carry is not None and len(carry):
             yield torch.from_numpy(carry)
+
+
+T = TypeVar("T")
+
+
+def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Yield ``items`` while a background thread produces up to ``depth`` of them ahead.
+
+    Overlaps reading (memory-mapped files, stores) with the consumer's compute.  An
+    exception in the producer is raised in the consumer; closing the generator stops
+    the producer.  ``depth=0`` iterates in the caller's thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    done = object()
+    full: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        full.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            full.put(done)
+        except BaseException as err:  # handed to the consumer
+            full.put(err)
+
+    thread = threading.Thread(target=work, name="sciinterp-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := full.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                full.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
 
 
 class HookSources:

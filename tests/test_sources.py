@@ -172,3 +172,37 @@ def test_array_source_accepts_bf16_tensors_and_resumes(rows):
     np.testing.assert_array_equal(got, x.float().numpy())
     full = list(src.batches(64, seed=5))
     assert all(torch.equal(a, b) for a, b in zip(src.batches(64, seed=5, start_row=64 * 4), full[4:]))
+
+
+def test_read_ahead_keeps_order_raises_and_stops_early():
+    import threading
+    import time
+
+    from sciinterp.sources import read_ahead
+
+    assert list(read_ahead(range(100), depth=3)) == list(range(100))
+    assert list(read_ahead(range(5), depth=0)) == list(range(5))
+
+    def broken():
+        yield 1
+        raise OSError("disk gone at row 4096")
+
+    with pytest.raises(OSError, match="row 4096"):
+        list(read_ahead(broken()))
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = read_ahead(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()
+    time.sleep(0.3)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 3 + 2 + 1  # stopped, at most depth (+1 in hand) ahead
+    assert not any(t.name == "sciinterp-read-ahead" for t in threading.enumerate())
