@@ -9,6 +9,7 @@ is the only place that reads a Hydra/OmegaConf config, and it only instantiates
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -88,10 +89,14 @@ def harvest(adapter: Any, data: Any, cfg: HarvestConfig, out: str | os.PathLike,
 
 
 def train(
-    source: Any, hook: str | None, saes: Sequence[Any], trainer: Any, out: str | os.PathLike, *, force: bool = False,
+    source: Any, hook: str | Sequence[str] | None, saes: Sequence[Any], trainer: Any, out: str | os.PathLike, *,
+    force: bool = False,
     evaluators: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Train one or more SAEs in one pass over ``source`` (a store, ``.npy`` path or array).
+
+    ``hook`` names the store's hook, or lists several read in lockstep (each SAE's
+    ``hook`` then picks its rows: :class:`sciinterp.sources.HookSources`).
 
     ``evaluators`` (``{name: DownstreamEval}``, e.g. from :func:`sciinterp.intervene.loss_recovered_eval`)
     score each trained SAE; the numbers go to ``<sae dir>/eval.json``.  Their ``repr`` keys the stage.
@@ -224,8 +229,16 @@ def run_from_config(cfg: Any) -> Any:
         data_path = cfg.data.get("path") if stage == "train" else None  # `data.path=acts.npy` (issue #3 form)
         source = cfg.train.source or data_path or result.get("store") or out / "harvest" / "store.zarr"
         sweep = OmegaConf.to_container(cfg.train.sweep, resolve=True) if cfg.train.sweep else [{}]
+        hooks = list(cfg.train.get("hooks") or [])  # several hook points in one pass: every SAE on each
+        if hooks:
+            if cfg.train.hook not in hooks:
+                raise ValueError(f"train.hook={cfg.train.hook!r} (the one analysed) must be one of train.hooks={hooks}")
+            sweep = [{"hook": h, **o} for h in hooks for o in sweep]
         saes = [instantiate(cfg.sae, **o) for o in sweep]
         evaluators = None
+        if cfg.train.get("loss_recovered") and len(hooks) > 1:
+            raise ValueError("train.loss_recovered evaluates SAEs at train.hook only; unset train.hooks "
+                             f"(now {hooks}) or run the evaluation per hook")
         if cfg.train.get("loss_recovered"):  # the adapter's masked-LM / forecast loss recovered -> eval.json
             from sciinterp.intervene import loss_recovered_eval
 
@@ -233,11 +246,11 @@ def run_from_config(cfg: Any) -> Any:
                 result["data"] = _instantiate_data(cfg)
             evaluators = loss_recovered_eval(adapter if adapter is not None else instantiate(cfg.adapter),
                                              cfg.train.hook, result["data"], max_items=cfg.train.get("loss_recovered_items", 16))
-        result["saes"] = train(source, cfg.train.hook, saes, instantiate(cfg.trainer), out, force=force,
+        result["saes"] = train(source, hooks or cfg.train.hook, saes, instantiate(cfg.trainer), out, force=force,
                                evaluators=evaluators)
     sae_dir = Path(cfg.analyze.sae) if cfg.analyze.get("sae") else None
     if sae_dir is None and stage in ("analyze", "report", "intervene", "run"):
-        sae_dir = (result.get("saes") or _trained_saes(out))[0]
+        sae_dir = _first_sae_of(result.get("saes") or _trained_saes(out), cfg.train.hook)
     store = Path(cfg.train.source or out / "harvest" / "store.zarr")
     if stage in ("analyze", "run"):
         data = result.get("data", _instantiate_data(cfg))
@@ -272,6 +285,14 @@ def _instantiate_data(cfg: Any) -> Any:
     from hydra.utils import instantiate
 
     return instantiate(cfg.data) if "_target_" in cfg.data else cfg.data.path
+
+
+def _first_sae_of(paths: Sequence[Path], hook: str | None) -> Path:
+    """The first of ``paths`` trained on ``hook`` (by its ``cfg.json``), else the first."""
+    for p in paths:
+        if hook is not None and json.loads((Path(p) / "cfg.json").read_text()).get("hook_name") == hook:
+            return Path(p)
+    return Path(paths[0])
 
 
 def _trained_saes(out: Path) -> list[Path]:

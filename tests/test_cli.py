@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -88,3 +89,20 @@ def test_run_with_loss_recovered_writes_eval_json_and_the_report_shows_it(tmp_pa
     shown = re.search(r"Loss recovered \(masked_lm\): <b>(-?[0-9.]+)</b>", page)
     assert shown and float(shown.group(1)) == pytest.approx(ev["loss_recovered"], abs=1e-3)
     assert f"loss recovered (masked_lm, SAE spliced in vs zero-ablation): {ev['loss_recovered']:.3f}" in res.stdout
+
+
+def test_train_several_hooks_in_one_pass_and_analyse_train_hook(tmp_path):
+    from sciinterp.pipeline import _first_sae_of
+
+    out = tmp_path / "run"
+    _run("harvest", f"out={out}", "harvest.hooks=[hidden,out]")
+    _run("train", f"out={out}", "harvest.hooks=[hidden,out]", "train.hooks=[hidden,out]", "train.hook=out",
+         "sae.d_sae=16", "sae.k=2", "trainer.batch_size=64")
+    paths = sorted(p.parent for p in (out / "train").glob("*/cfg.json"))
+    cfgs = {p.name: json.loads((p / "cfg.json").read_text()) for p in paths}
+    assert {n: (c["hook_name"], c["d_in"]) for n, c in cfgs.items()} == {
+        "hidden-topk-16-k2": ("hidden", 16), "out-topk-16-k2": ("out", 8)}
+    assert _first_sae_of(paths, "out").name == "out-topk-16-k2"  # what analyze/intervene pick by default
+    bad = _run("train", f"out={tmp_path / 'bad'}", "harvest.hooks=[hidden,out]", "train.hooks=[hidden]",
+               "train.hook=out", f"train.source={out / 'harvest' / 'store.zarr'}", check=False)
+    assert bad.returncode != 0 and "train.hook='out' (the one analysed) must be one of train.hooks=['hidden']" in bad.log
