@@ -21,15 +21,15 @@ def _sae(arch: str, d_in: int = 16, d_sae: int = 64, k: int = 4, **kw) -> Sparse
     return sae
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_fast_path_gradients_equal_dense_reference(arch, monkeypatch):
+@pytest.mark.parametrize("arch,widths", [("topk", None), ("batchtopk", None), ("topk", [8, 24]), ("batchtopk", [16])])
+def test_fast_path_gradients_equal_dense_reference(arch, widths, monkeypatch):
     x = torch.randn(50, 16, generator=torch.Generator().manual_seed(2))
     grads, losses = [], []
     for fast in ("0", "1"):
         monkeypatch.setenv("SCIINTERP_NO_FAST_KERNELS", "1" if fast == "0" else "0")
-        sae = _sae(arch)
+        sae = _sae(arch, matryoshka_widths=widths)
         out = sae.loss_terms(x, var=1.0)
-        out.fvu.backward()
+        (out.loss - sae.cfg.auxk_alpha * out.aux_loss if widths else out.fvu).backward()
         losses.append(float(out.fvu.detach()))
         grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
@@ -141,6 +141,21 @@ def test_load_refuses_wrong_width_hook_and_model(tmp_path):
         SparseAutoencoder.load(tmp_path / "sae", model_checksum="zzz")
     with pytest.raises(FileNotFoundError, match="is not an SAE directory"):
         SparseAutoencoder.load(tmp_path)
+
+
+def test_matryoshka_loss_is_the_mean_prefix_fvu():
+    sae = _sae("topk", matryoshka_widths=[16, 40])
+    assert sae.cfg.matryoshka_widths == [16, 40, 64] and sae.cfg.run_name == "topk-64-k4-matryoshka"
+    x = torch.randn(30, 16, generator=torch.Generator().manual_seed(5))
+    out = sae.loss_terms(x, var=2.0)
+    z = sae.encode_dense(x)
+    prefix = [((x - (z[:, :m] @ sae.W_dec[:m] + sae.b_dec)).pow(2).sum() / (30 * 2.0)) for m in (16, 40, 64)]
+    torch.testing.assert_close(out.fvu, prefix[-1])
+    torch.testing.assert_close(out.loss - sae.cfg.auxk_alpha * out.aux_loss, torch.stack(prefix).mean())
+    with pytest.raises(ValueError, match=r"matryoshka_widths=\[40, 16\]: must increase"):
+        SAEConfig("topk", d_sae=64, matryoshka_widths=[40, 16])
+    with pytest.raises(ValueError, match="only for topk and batchtopk, not 'relu'"):
+        SAEConfig("relu", d_sae=64, matryoshka_widths=[16])
 
 
 def test_config_validation_names_the_field():

@@ -188,3 +188,20 @@ def test_several_hooks_train_in_one_pass(tmp_path):
     assert SparseAutoencoder.load(paths[1], d_in=8, hook="out").d_sae == 24
     with pytest.raises(ValueError, match=r"SAEConfig.hook='nope'.*\['hidden', 'out'\]"):
         fit(src, [SAEConfig("topk", d_sae=8, k=2, hook="nope")], tc)
+
+
+def test_matryoshka_prefix_reconstructs_alone(planted):
+    """The first latents of a Matryoshka SAE reconstruct on their own; a plain TopK SAE's do not."""
+    x, held = planted.x[:16_000], torch.as_tensor(planted.x[20_000:])
+    tc = TrainerConfig(batch_size=256, max_rows=16_000, progress=False)
+
+    def fve(sae, m):
+        z = sae.encode_dense(held)
+        x_hat = z[:, :m] @ sae.W_dec[:m] + sae.b_dec
+        return float(1 - (held - x_hat).pow(2).sum() / (held - held.mean(0)).pow(2).sum())
+
+    plain, nested = fit(x, [SAEConfig("topk", d_sae=128, k=4, lr=1e-2),
+                            SAEConfig("topk", d_sae=128, k=4, lr=1e-2, matryoshka_widths=[16])], tc)
+    with torch.no_grad():
+        assert fve(nested, 128) > 0.6 and fve(nested, 128) > fve(plain, 128) - 0.1  # full reconstruction kept
+        assert fve(nested, 16) > 0.25 + fve(plain, 16)

@@ -56,6 +56,11 @@ class SAEConfig:
     each coordinate by its std, ``none`` leaves inputs alone."""
     init_b_dec: Literal["median", "mean", "zeros"] = "median"
     """Initial decoder bias: coordinate-wise median or mean of the first batch, or zeros."""
+    matryoshka_widths: list[int] | None = None
+    """``topk``/``batchtopk``: nested dictionary sizes, e.g. ``[256, 1024, 4096]`` (``d_sae`` is added
+    as the last when missing).  The reconstruction loss becomes the mean FVU of the reconstructions
+    from each prefix of latents (Matryoshka SAE, Bussmann et al. 2025), so the first latents learn
+    the general features and later ones refine them; inference is unchanged.  ``None``: off."""
     hook: str | None = None
     """Hook point this SAE reads (recorded in cfg.json; checked by ``SparseAutoencoder.load``)."""
     name: str | None = None
@@ -83,6 +88,13 @@ class SAEConfig:
         _check(self.init_b_dec in ("median", "mean", "zeros"),
                f"SAEConfig.init_b_dec={self.init_b_dec!r}: use median, mean or zeros")
         self.d_sae, self.k = int(self.d_sae), int(self.k)
+        if self.matryoshka_widths is not None:
+            widths = [int(w) for w in self.matryoshka_widths]
+            _check(self.architecture in ("topk", "batchtopk"),
+                   f"SAEConfig.matryoshka_widths: only for topk and batchtopk, not {self.architecture!r}")
+            _check(bool(widths) and all(a < b for a, b in zip([0, *widths], widths)) and widths[-1] <= self.d_sae,
+                   f"SAEConfig.matryoshka_widths={widths}: must increase strictly within 1..d_sae={self.d_sae}")
+            self.matryoshka_widths = widths if widths[-1] == self.d_sae else [*widths, self.d_sae]
 
     @property
     def learning_rate(self) -> float:
@@ -92,7 +104,7 @@ class SAEConfig:
     @property
     def run_name(self) -> str:
         """Directory name of this SAE."""
-        return self.name or f"{self.architecture}-{self.d_sae}-k{self.k}"
+        return self.name or f"{self.architecture}-{self.d_sae}-k{self.k}" + ("-matryoshka" if self.matryoshka_widths else "")
 
 
 @dataclass
@@ -137,6 +149,8 @@ class TrainerConfig:
     """Extra metric sinks: ``tensorboard``, ``wandb`` (imported only when listed)."""
     check_finite: bool = True
     """Stop with an error naming the step and batch when a loss or gradient is NaN/inf."""
+    prefetch: int = 2
+    """Batches read ahead of the step in a background thread (0: read in the training loop)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, f"TrainerConfig.batch_size={self.batch_size}: must be > 0")
@@ -151,6 +165,7 @@ class TrainerConfig:
         _check(self.checkpoint_every >= 0, f"TrainerConfig.checkpoint_every={self.checkpoint_every}: must be >= 0")
         _check(self.log_every > 0, f"TrainerConfig.log_every={self.log_every}: must be > 0")
         _check(self.threads is None or self.threads > 0, f"TrainerConfig.threads={self.threads}: must be > 0")
+        _check(self.prefetch >= 0, f"TrainerConfig.prefetch={self.prefetch}: must be >= 0")
         unknown = set(self.trackers) - {"tensorboard", "wandb"}
         _check(not unknown, f"TrainerConfig.trackers has unknown {sorted(unknown)}: use tensorboard or wandb")
         self.trackers = list(self.trackers)

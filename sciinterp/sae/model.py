@@ -55,7 +55,7 @@ class ForwardOutput(NamedTuple):
     sparsity_loss: torch.Tensor
     """L1 (relu) or L0 (jumprelu) penalty, already weighted; 0 otherwise."""
     loss: torch.Tensor
-    """fvu + auxk_alpha * aux_loss + sparsity_loss."""
+    """fvu (Matryoshka: mean FVU over the nested prefixes) + auxk_alpha * aux_loss + sparsity_loss."""
     l0: torch.Tensor
     """Mean active latents per row."""
     fired: torch.Tensor
@@ -252,7 +252,12 @@ class SparseAutoencoder(nn.Module):
             if arch == "batchtopk":
                 vals, idx = self._batch_select(vals, idx, n, all_gather)
             plan = enc.plan if arch == "topk" else None
-            x_hat = sparse_decode(vals, idx, self.W_dec, plan) + self.b_dec
+            if cfg.matryoshka_widths:
+                parts = [sparse_decode(vals * ((idx >= lo) & (idx < hi)), idx, self.W_dec, plan)
+                         for lo, hi in self._matryoshka_groups()]
+                x_hat, nested = self._nested(x, parts, n, var)
+            else:
+                x_hat = sparse_decode(vals, idx, self.W_dec, plan) + self.b_dec
             err = x - x_hat
             if enc.aux_values is not None:
                 e = err.detach()
@@ -277,14 +282,31 @@ class SparseAutoencoder(nn.Module):
                 z = pre * (pre > self.threshold) * (pre > 0)
             else:  # dense reference of topk / batchtopk (SCIINTERP_NO_FAST_KERNELS=1)
                 z = self._dense_topk(pre, n, all_gather)
-            x_hat = z @ self.W_dec + self.b_dec
+            if cfg.matryoshka_widths:
+                parts = [z[:, lo:hi] @ self.W_dec[lo:hi] for lo, hi in self._matryoshka_groups()]
+                x_hat, nested = self._nested(x, parts, n, var)
+            else:
+                x_hat = z @ self.W_dec + self.b_dec
             err = x - x_hat
             active = z > 0
             fired = active.any(0)
             l0 = active.sum() / max(B, 1)
         fvu = err.pow(2).sum() / (n * var)
-        loss = fvu + cfg.auxk_alpha * aux + sparsity
+        loss = (nested if cfg.matryoshka_widths else fvu) + cfg.auxk_alpha * aux + sparsity
         return ForwardOutput(x_hat, codes, fvu, aux, sparsity, loss, l0.detach(), fired)
+
+    def _matryoshka_groups(self) -> list[tuple[int, int]]:
+        """Latent ranges ``[lo, hi)`` between consecutive Matryoshka widths."""
+        widths = self.cfg.matryoshka_widths
+        return list(zip([0, *widths[:-1]], widths))
+
+    def _nested(self, x, parts, n, var):
+        """Full reconstruction and the mean FVU of the prefix reconstructions ``b_dec + sum(parts[:i])``."""
+        acc, total = self.b_dec, x.new_zeros(())
+        for part in parts:
+            acc = acc + part
+            total = total + (x - acc).pow(2).sum() / (n * var)
+        return acc, total / len(parts)
 
     def _batch_select(self, vals, idx, n, all_gather):
         """Keep the ``n * k`` largest of the per-row candidates over the (global) batch of ``n`` rows."""

@@ -26,7 +26,7 @@ from sciinterp.sae.dist import all_gather_fn, all_sum_fn, get_dist, pick_device
 from sciinterp.sae.metrics import DownstreamEval
 from sciinterp.sae.model import SparseAutoencoder
 from sciinterp.sae.runlog import RunLogger
-from sciinterp.sources import HookSources
+from sciinterp.sources import HookSources, read_ahead
 
 __all__ = ["StepInfo", "fit", "train"]
 
@@ -123,7 +123,8 @@ def _batches(source: HookSources, tc: TrainerConfig, total: int, epoch: int,
     """(epoch, first row in epoch, global batch per hook) from ``(epoch, row)`` on, ``total`` rows in all."""
     seen = epoch * source.n_rows + row
     while seen < total:
-        for batch in source.batches(tc.batch_size, seed=tc.seed + epoch, shuffle=True, start_row=row):
+        for batch in read_ahead(source.batches(tc.batch_size, seed=tc.seed + epoch, shuffle=True, start_row=row),
+                                tc.prefetch):
             batch = {h: b[: total - seen] for h, b in batch.items()}
             n = next(iter(batch.values())).shape[0]
             yield epoch, row, batch
