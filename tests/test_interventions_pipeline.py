@@ -177,5 +177,9 @@ def test_trained_protein_sae_on_the_demo_model_sits_between_model_and_ablations(
     ev = json.loads((sae_dir / "eval.json").read_text())["masked_lm"]
     assert 0.7 < ev["fve"] < 1.0
     assert ev["ce_sae_error"] == pytest.approx(ev["ce_clean"], abs=1e-4)
-    assert ev["ce_clean"] < ev["ce_sae"] < ev["ce_zero"] and 0 < ev["recovered_zero"] < 1
+    # The spliced SAE sits far closer to the clean model than zero-ablation does.  On 187 masked
+    # tokens CE differences below ~1e-3 are noise (ce_sae has come out 2e-4 *below* ce_clean), so
+    # the ordering against the clean model is asserted on KL, not CE.
+    assert ev["ce_sae"] < ev["ce_zero"] and abs(ev["ce_sae"] - ev["ce_clean"]) < 0.25 * (ev["ce_zero"] - ev["ce_clean"])
+    assert 0.75 < ev["recovered_zero"] < 1.1
     assert 0 < ev["kl_sae"] < ev["kl_zero"]
