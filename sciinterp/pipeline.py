@@ -236,9 +236,6 @@ def run_from_config(cfg: Any) -> Any:
             sweep = [{"hook": h, **o} for h in hooks for o in sweep]
         saes = [instantiate(cfg.sae, **o) for o in sweep]
         evaluators = None
-        if cfg.train.get("loss_recovered") and len(hooks) > 1:
-            raise ValueError("train.loss_recovered evaluates SAEs at train.hook only; unset train.hooks "
-                             f"(now {hooks}) or run the evaluation per hook")
         if cfg.train.get("loss_recovered"):  # the adapter's masked-LM / forecast loss recovered -> eval.json
             from sciinterp.intervene import loss_recovered_eval
 

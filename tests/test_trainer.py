@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -205,3 +206,17 @@ def test_matryoshka_prefix_reconstructs_alone(planted):
     with torch.no_grad():
         assert fve(nested, 128) > 0.6 and fve(nested, 128) > fve(plain, 128) - 0.1  # full reconstruction kept
         assert fve(nested, 16) > 0.25 + fve(plain, 16)
+
+
+def test_a_failing_evaluator_loses_no_trained_sae(planted, tmp_path):
+    def broken(sae):
+        raise RuntimeError("model checkpoint missing")
+
+    with pytest.raises(RuntimeError, match="checkpoint missing"):
+        train(planted.x[:1_000], [SAEConfig("topk", d_sae=32, k=2)], TrainerConfig(batch_size=250, progress=False),
+              tmp_path, evaluators={"lm": broken})
+    sae = SparseAutoencoder.load(tmp_path / "topk-32-k2", d_in=32)
+    assert sae.d_sae == 32 and not (tmp_path / "topk-32-k2" / "eval.json").exists()
+    paths = train(planted.x[:1_000], [SAEConfig("topk", d_sae=32, k=2)], TrainerConfig(batch_size=250, progress=False),
+                  tmp_path / "ok", evaluators={"lm": lambda sae: {"loss_recovered": 0.5}})
+    assert json.loads((paths[0] / "eval.json").read_text()) == {"lm": {"loss_recovered": 0.5}}

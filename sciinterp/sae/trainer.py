@@ -414,16 +414,21 @@ def train(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = fit(source, saes, trainer, out, callbacks=callbacks, evaluators=evaluators)
+    result = fit(source, saes, trainer, out, callbacks=callbacks)
     rank, world = get_dist()
     paths = []
     for sae, name in zip(result, _names(saes)):
         path = out / name
         if rank == 0:
-            sae.save(path)
-            if getattr(sae, "evaluations", None):
-                (path / "eval.json").write_text(json.dumps(sae.evaluations, indent=2))
+            sae.save(path)  # before the evaluators: one that fails loses no training
         paths.append(path)
+    if evaluators and rank == 0:
+        for sae, path in zip(result, paths):
+            sae.evaluations = {name: dict(fn(sae)) for name, fn in evaluators.items()}
+            if sae.evaluations:
+                tmp = path / ".eval.json.tmp"
+                tmp.write_text(json.dumps(sae.evaluations, indent=2))
+                os.replace(tmp, path / "eval.json")
     if rank == 0 and (out / CHECKPOINT).exists():
         (out / CHECKPOINT).unlink()
     if world > 1:  # other ranks return once rank 0 has written the directories
