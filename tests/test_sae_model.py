@@ -167,5 +167,5 @@ def test_config_validation_names_the_field():
         TrainerConfig(batch_size=0)
     with pytest.raises(ValueError, match=r"TrainerConfig.trackers has unknown \['mlflow'\]"):
         TrainerConfig(trackers=["mlflow"])
-    assert SAEConfig(d_sae=16384).learning_rate == pytest.approx(2e-3)
-    assert np.isclose(SAEConfig(d_sae=4096).learning_rate, 4e-3)
+    assert SAEConfig(d_sae=16384).learning_rate == pytest.approx(2.8e-3)
+    assert np.isclose(SAEConfig(d_sae=4096).learning_rate, 5.6e-3)

@@ -48,8 +48,8 @@ class SAEConfig:
     dead_tokens: int = 1_000_000
     """A latent is dead after this many training rows without firing."""
     lr: float | None = None
-    """Adam learning rate; ``None``: ``2e-3 / sqrt(d_sae / 16384)`` (sparsify's width scaling, 10x its
-    base: short runs of a few hundred steps recover far more ground truth, see docs/trainer.md)."""
+    """Adam learning rate; ``None``: ``2.8e-3 / sqrt(d_sae / 16384)`` (sparsify's width scaling, 14x its
+    Adam base: runs of a few hundred steps recover far more ground truth, see docs/trainer.md)."""
     normalize: Literal["expected_norm", "standardize", "none"] = "expected_norm"
     """Input normalisation fitted on the first batch and folded into the weights on save:
     ``expected_norm`` scales so E||x||^2 = d_in, ``standardize`` subtracts the mean and divides
@@ -99,7 +99,7 @@ class SAEConfig:
     @property
     def learning_rate(self) -> float:
         """The Adam learning rate actually used."""
-        return self.lr if self.lr is not None else 2e-3 / math.sqrt(self.d_sae / 2**14)
+        return self.lr if self.lr is not None else 2.8e-3 / math.sqrt(self.d_sae / 2**14)
 
     @property
     def run_name(self) -> str:
@@ -118,7 +118,7 @@ class TrainerConfig:
     epochs: int = 1
     """Passes over the source when ``max_rows`` is ``None`` (otherwise as many as needed)."""
     warmup_steps: int = 100
-    """Linear learning-rate warm-up over this many steps (at most a tenth of the run)."""
+    """Linear learning-rate warm-up over this many steps (at most a twentieth of the run)."""
     decay: Literal["cosine", "linear", "none"] = "linear"
     """Learning-rate decay after warm-up, down to ``min_lr_ratio`` at the last step."""
     decay_start: float = 0.8

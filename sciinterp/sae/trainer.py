@@ -65,7 +65,7 @@ class _Run:
 
 def _lr_factor(step: int, total: int, tc: TrainerConfig) -> float:
     """Warm-up then decay multiplier of the peak learning rate at 0-based ``step``."""
-    warmup = min(tc.warmup_steps, total // 10)  # short runs: at most a tenth of the run
+    warmup = min(tc.warmup_steps, total // 20)  # short runs: at most a twentieth of the run
     if warmup and step < warmup:
         return (step + 1) / warmup
     start = max(warmup, int(tc.decay_start * total))
@@ -254,10 +254,12 @@ def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfi
         for p, g in zip(params, _unflatten_dense_tensors(flat, [p.grad for p in params])):
             p.grad.copy_(g)
     sae.remove_parallel_grads_()
-    norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"), foreach=True)
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     stats = torch.stack([out.loss.detach(), out.fvu.detach(), out.aux_loss.detach(), out.l0 * x.shape[0] / n_global])
     loss, fvu, aux, l0 = all_sum(stats).tolist()  # one device sync per step
-    norm = float(norm)
+    norm = float(grad_norm)
+    if 0 < tc.grad_clip < norm:  # scale only when clipping (saves a pass over the gradients)
+        torch.nn.utils.clip_grads_with_norm_(params, tc.grad_clip, grad_norm, foreach=True)
     if tc.check_finite and not (math.isfinite(loss) and math.isfinite(norm)):
         what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm)
         raise FloatingPointError(f"SAE {run.name!r}: non-finite {what} ({value}) at {where}; stopping "
