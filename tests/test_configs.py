@@ -77,3 +77,9 @@ def test_multirun_sweep_gives_each_job_its_own_directory(tmp_path):
     found = sorted(str(p.relative_to(out)) for p in out.glob("*/train/*/cfg.json"))
     assert found == ["sae.d_sae=16,sae.k=2,trainer.batch_size=256/train/topk-16-k2/cfg.json",
                      "sae.d_sae=32,sae.k=2,trainer.batch_size=256/train/topk-32-k2/cfg.json"]
+
+
+def test_matryoshka_widths_from_the_command_line(hydra_ctx):
+    cfg = compose("config", overrides=["sae=topk", "sae.matryoshka_widths=[64,256]"])
+    sae = instantiate(cfg.sae)
+    assert sae.matryoshka_widths == [64, 256, 4096] and sae.run_name == "topk-4096-k32-matryoshka"
