@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--n-trajectories", type=int, default=2)
     ap.add_argument("--n-times", type=int, default=16)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    ap.add_argument("--chunk-rows", type=int, default=65536)
+    ap.add_argument("--chunk-rows", type=int, default=None, help="default: the store's (chunks of ~8 MiB)")
     ap.add_argument("--compression", default=None, help="store codec (lz4, zstd, none); default: the store's")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)

@@ -76,7 +76,7 @@ def harvest_to_store(
     path: str | os.PathLike,
     *,
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
-    chunk_rows: int = 8192,
+    chunk_rows: int | None = None,
     flush_rows: int | None = None,
     nonfinite: Literal["error", "drop"] = "error",
     compression: Literal["lz4", "zstd", "none"] = "lz4",

@@ -42,7 +42,7 @@ import xarray as xr
 import zarr
 
 from sciinterp.adapter import TokenBatch
-from sciinterp.store_chunks import ChunkedArray, atomic_write
+from sciinterp.store_chunks import ChunkedArray, atomic_write, auto_chunk_rows
 from sciinterp.store_format import (
     _ITEM_CHUNK,
     CATEGORIES_ATTR,
@@ -71,6 +71,7 @@ __all__ = [
     "FORMAT_VERSION",
     "StoreError",
     "StoreWriter",
+    "auto_chunk_rows",
     "decode_rows",
     "is_store",
     "open_store",
@@ -124,7 +125,9 @@ class StoreWriter:
     dtype
         On-disk activation dtype; ``bfloat16`` is stored as ``uint16`` bits.
     chunk_rows
-        Rows per zarr chunk along ``token``.
+        Rows per zarr chunk along ``token``.  Default: chunks of about 8 MiB of the
+        widest hook (:func:`auto_chunk_rows`: 8,192 to 65,536 rows); on resume, the
+        store's own.
     flush_rows
         Uncommitted rows that trigger a commit of the items whose rows lie in
         whole chunks already written (chunks are written as they fill; the partly
@@ -152,7 +155,7 @@ class StoreWriter:
         path: str | os.PathLike,
         *,
         dtype: Dtype = "float32",
-        chunk_rows: int = 8192,
+        chunk_rows: int | None = None,
         flush_rows: int | None = None,
         attrs: Mapping[str, Any] | None = None,
         nonfinite: Literal["error", "drop"] = "error",
@@ -165,12 +168,12 @@ class StoreWriter:
             raise ValueError(f"dtype must be one of {sorted(_NUMPY_DTYPE)}, got {dtype!r}")
         if nonfinite not in ("error", "drop"):
             raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
-        if chunk_rows < 1 or (flush_rows is not None and flush_rows < 1):
+        if (chunk_rows is not None and chunk_rows < 1) or (flush_rows is not None and flush_rows < 1):
             raise ValueError(f"chunk_rows and flush_rows must be >= 1, got {chunk_rows} and {flush_rows}")
         self.flush_rows = flush_rows
         self.path = Path(path)
         self.dtype = dtype
-        self.chunk_rows = int(chunk_rows)
+        self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         self.nonfinite = nonfinite
         self._pending: list[_Pending] = []  # batches pushed to the arrays, not committed yet
         self._arrays: dict[str, ChunkedArray] = {}  # written directly (store_chunks), kept across flushes
@@ -229,6 +232,8 @@ class StoreWriter:
             for partial in self.path.rglob("*.partial"):
                 partial.unlink(missing_ok=True)
             if self.commit["arrays"]:
+                if self.chunk_rows is None:
+                    self.chunk_rows = next(int(arrays[n].chunks[0]) for n in self.commit["arrays"] if arrays[n].ndim == 2)
                 self._schema = {
                     "hooks": {h: arrays[h].shape[1] for h in self.commit["arrays"] if arrays[h].ndim == 2},
                     "coords": {
@@ -269,6 +274,8 @@ class StoreWriter:
             list(batch.items),
         )
         rows = self._encode(self._check_finite(rows))
+        if self.chunk_rows is None:
+            self.chunk_rows = auto_chunk_rows(max(a.shape[1] * a.itemsize for a in rows.acts.values()))
         if not self.commit["arrays"]:
             self._create_arrays(rows)
         with _quiet_zarr():

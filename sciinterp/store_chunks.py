@@ -34,11 +34,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["ChunkedArray", "atomic_write", "codecs_for"]
+__all__ = ["ChunkedArray", "atomic_write", "auto_chunk_rows", "codecs_for"]
 
 _ZSTD = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
 _BYTES = {"name": "bytes", "configuration": {"endian": "little"}}
 _DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"}
+
+
+def auto_chunk_rows(row_bytes: int, target: int = 8 << 20) -> int:
+    """Rows per chunk: the power of two nearest below ``target`` bytes, within 8,192 to 65,536 rows.
+
+    Chunks of ~8 MiB keep the number of files (each costs more to create than 1 MB costs to
+    write) and the writer's chunk buffers small; readers shuffle within windows of chunks.
+    """
+    rows = max(1, target // max(1, row_bytes))
+    return int(min(65536, max(8192, 1 << (rows.bit_length() - 1))))
 
 
 def atomic_write(path: Path, data: Any, atomic: bool = True) -> None:
@@ -139,7 +149,8 @@ class ChunkedArray:
         self.width = tuple(meta["shape"][1:])
         self.string = meta["data_type"] == "string"
         self.dtype = np.dtype(object if self.string else meta["data_type"])
-        self.order = "F" if any(c["name"] == "transpose" for c in meta["codecs"]) else "C"
+        transpose = [c["configuration"]["order"] for c in meta["codecs"] if c["name"] == "transpose"]
+        self.order = "F" if transpose and list(transpose[0]) == [1, 0] else "C"
         if self.order == "F" and len(self.width) != 1:
             raise ValueError(f"{path}: a column-major array must be 2-d, this one has shape {meta['shape']}")
         self.fill = meta["fill_value"]

@@ -150,7 +150,13 @@ def decode_rows(block: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _bf16_bits(a: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even like ``torch``."""
+    """float32 -> bfloat16 bit patterns (uint16), rounding to nearest even like ``torch``.
+
+    A column-major ``(n, d)`` input gives a column-major output (no transpose).
+    """
+    a = np.asarray(a)
+    if a.ndim == 2 and not a.flags.c_contiguous and a.T.flags.c_contiguous:
+        return _bf16_bits(a.T).T
     b = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     out = ((b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
     nan = np.isnan(a)

@@ -14,6 +14,7 @@ from sciinterp.store import (
     FORMAT_VERSION,
     StoreError,
     StoreWriter,
+    auto_chunk_rows,
     open_store,
     part_path,
     read_commit,
@@ -387,3 +388,28 @@ def test_writer_continues_arrays_that_zarr_wrote(tmp_path):
     assert zarr.open_array(tmp_path / "old.zarr" / "s")[:].tolist() == ["p", "q", "r", "t", "u"]
     with pytest.raises(ValueError, match="cannot store dtype complex64"):
         ChunkedArray.create(tmp_path / "x", width=(), chunk_rows=4, dtype=np.complex64, dimension_names=["token"])
+
+
+def test_default_chunks_are_about_8_mib_and_resume_keeps_the_stores(tmp_path):
+    assert [auto_chunk_rows(b) for b in (4 * 32, 2 * 32, 4 * 256, 4 * 1280)] == [65536, 65536, 8192, 8192]
+    path = tmp_path / "s.zarr"
+    with StoreWriter(path) as w:
+        w.append(TokenBatch({"h": torch.ones(10, 256)}, {"i": np.arange(10)}, ["a"]))
+    assert zarr.open_array(path / "h").chunks == (8192, 256)
+    with StoreWriter(path) as w:
+        assert w.chunk_rows == 8192
+        w.append(TokenBatch({"h": torch.ones(5, 256)}, {"i": np.arange(5)}, ["b"]))
+    assert open_store(path).sizes["token"] == 15
+
+
+def test_bfloat16_of_column_major_rows_stays_column_major():
+    from sciinterp.store_format import _bf16_bits
+
+    x = np.random.default_rng(0).standard_normal((4, 9)).astype(np.float32)
+    x[1, 2] = np.nan
+    bits = _bf16_bits(x.T)
+    assert bits.shape == (9, 4) and bits.T.flags.c_contiguous
+    np.testing.assert_array_equal(bits, _bf16_bits(np.ascontiguousarray(x.T)))
+    ref = torch.from_numpy(x.T.copy()).to(torch.bfloat16).view(torch.uint16).numpy()
+    finite = np.isfinite(x.T)
+    np.testing.assert_array_equal(bits[finite], ref[finite])

@@ -1,7 +1,7 @@
 """Crash safety: kill -9 a harvesting process at random moments, then resume.
 
 The child process harvests a slowed-down FakeAdapter (sleeps between batches and
-between the array writes of a flush, so kills land mid-flush as well as between
+before every chunk write, so kills land mid-write as well as between
 flushes).  After every kill the store must open, hold a prefix of the items of
 an uninterrupted run with identical values and coordinates, and the final
 resumed run must equal the uninterrupted run row for row.
