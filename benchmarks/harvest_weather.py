@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                      f"harvest_to_store {h:.3f} s: overhead median {100 * mh:+.1f} % (best runs {100 * (h / b - 1):+.1f} %)")
     print(
         f"SFNO {adapter.meta.model_id} hook={args.hook} {ds.sizes['time']} initial times x {args.n_steps} leads "
-        f"({n_tokens} tokens, dtype {args.dtype}, chunk_rows {args.chunk_rows}, compression {args.compression or 'default'}, "
+        f"({n_tokens} tokens, dtype {args.dtype}, chunk_rows {args.chunk_rows or 'auto'}, compression {args.compression or 'default'}, "
         f"prefetch {args.prefetch}, {args.threads} thread(s), {args.repeats} repeats; times are the best runs):\n"
         + "\n".join(lines) + "\n  target: overhead <= +10 %"
     )
