@@ -49,8 +49,9 @@ class HarvestConfig:
     """Hook points to record (see ``sciinterp adapters list`` and the adapter's ``hook_names()``)."""
     dtype: str = "float32"
     """On-disk dtype: float32, float16 or bfloat16."""
-    chunk_rows: int = 8192
-    """Rows per zarr chunk along ``token``."""
+    chunk_rows: int | None = None
+    """Rows per zarr chunk along ``token``; ``None``: chunks of ~8 MiB of the widest hook
+    (:func:`sciinterp.store.auto_chunk_rows`)."""
     nonfinite: str = "error"
     """``error`` stops on NaN/inf activations; ``drop`` drops those tokens and counts them."""
     compression: str = "lz4"
@@ -65,6 +66,8 @@ class HarvestConfig:
             raise ValueError(f"HarvestConfig.dtype={self.dtype!r}: use float32, float16 or bfloat16")
         if self.compression not in ("lz4", "zstd", "none"):
             raise ValueError(f"HarvestConfig.compression={self.compression!r}: use lz4, zstd or none")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ValueError(f"HarvestConfig.chunk_rows={self.chunk_rows}: must be >= 1 (or None for ~8 MiB chunks)")
         if self.flush_rows is not None and self.flush_rows < 1:
             raise ValueError(f"HarvestConfig.flush_rows={self.flush_rows}: must be >= 1 (or None for the default)")
 
