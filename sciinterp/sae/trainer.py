@@ -2,7 +2,7 @@
 
 :func:`train` is a short loop over named steps: ``_prepare`` (normalisation, b_dec,
 optimisers, resume), ``_step`` (forward/backward/update per SAE), ``_log`` and
-``_checkpoint``.  DDP (torchrun; gloo on CPU, NCCL on GPU) splits every global batch
+``_checkpoint`` (:mod:`sciinterp.sae.checkpoint`).  DDP (torchrun; gloo on CPU, NCCL on GPU) splits every global batch
 across ranks and sums gradients, so a run's result does not depend on the world size.
 """
 
@@ -15,12 +15,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from sciinterp.sae.checkpoint import CHECKPOINT, fingerprint, load_checkpoint, save_checkpoint
 from sciinterp.sae.config import SAEConfig, TrainerConfig
 from sciinterp.sae.dist import all_gather_fn, all_sum_fn, get_dist, pick_device
 from sciinterp.sae.metrics import DownstreamEval
@@ -31,7 +32,6 @@ from sciinterp.sources import HookSources, read_ahead
 __all__ = ["StepInfo", "fit", "train"]
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pt"
 
 
 class StepInfo(NamedTuple):
@@ -101,13 +101,6 @@ def _names(cfgs: Sequence[SAEConfig]) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
     return out
-
-
-def _fingerprint(cfgs: Sequence[SAEConfig], tc: TrainerConfig, d_in: Any, n_rows: int) -> str:
-    keep = {k: v for k, v in asdict(tc).items() if k in ("batch_size", "max_rows", "epochs", "seed", "warmup_steps",
-                                                           "decay", "decay_start", "min_lr_ratio", "grad_clip")}
-    doc = json.dumps([[asdict(c) for c in cfgs], keep, d_in, n_rows], sort_keys=True, default=str)
-    return hashlib.sha256(doc.encode()).hexdigest()[:16]
 
 
 def _schedule(n_rows: int, tc: TrainerConfig) -> tuple[int, int]:
@@ -278,30 +271,6 @@ def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfi
 
 
 
-def _save_checkpoint(path: Path, runs: list[_Run], state: dict[str, Any]) -> None:
-    doc = dict(state)
-    doc["runs"] = [{"name": r.name, "sae": r.sae.state_dict(), "opt": r.opt.state_dict(), "mean": r.mean,
-                    "scale": r.scale, "var": r.var, "since_fired": r.since_fired, "fired_count": r.fired_count}
-                   for r in runs]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(doc, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, runs: list[_Run], fingerprint: str, dev: torch.device) -> dict[str, Any]:
-    doc = torch.load(path, map_location=dev, weights_only=False)
-    if doc.get("fingerprint") != fingerprint:
-        raise ValueError(f"checkpoint {path} belongs to a different run (configs or data changed); "
-                         f"delete it or set trainer.resume=false")
-    for r, saved in zip(runs, doc["runs"]):
-        r.sae.load_state_dict(saved["sae"])
-        r.opt.load_state_dict(saved["opt"])
-        r.mean, r.scale, r.var = saved["mean"], saved["scale"], saved["var"]
-        r.since_fired.copy_(saved["since_fired"])
-        r.fired_count.copy_(saved["fired_count"])
-    return doc
-
-
 def fit(
     source: Any, saes: Sequence[SAEConfig], trainer: TrainerConfig, out_dir: str | os.PathLike | None = None, *,
     callbacks: Sequence[Callable[[StepInfo], None]] = (), evaluators: Mapping[str, DownstreamEval] | None = None,
@@ -327,11 +296,11 @@ def fit(
     total, steps = _schedule(src.n_rows, tc)
     runs = _prepare(src, hooks, saes, tc, dev)
     d_in = src.d_ins if len(src.hooks) > 1 else next(iter(src.d_ins.values()))  # one width: old fingerprints hold
-    fp = _fingerprint(saes, tc, d_in, src.n_rows)
+    fp = fingerprint(saes, tc, d_in, src.n_rows)
     ckpt = out / CHECKPOINT if out is not None else None
     state = {"step": 0, "epoch": 0, "row": 0, "rows": 0, "fingerprint": fp}
     if ckpt is not None and tc.resume and ckpt.exists():
-        state = _load_checkpoint(ckpt, runs, fp, dev)
+        state = load_checkpoint(ckpt, runs, fp, dev)
         log.info("resuming from %s at step %d (%d rows)", ckpt, state["step"], state["rows"])
     for r in runs:
         r.sae.train()
@@ -361,7 +330,7 @@ def fit(
             bar.update(1)
             if tc.checkpoint_every and step % tc.checkpoint_every == 0 and ckpt is not None and rank == 0:
                 epoch_c, row_c = (epoch, row_next) if row_next < src.n_rows else (epoch + 1, 0)
-                _save_checkpoint(ckpt, runs, {"step": step, "epoch": epoch_c, "row": row_c, "rows": rows,
+                save_checkpoint(ckpt, runs, {"step": step, "epoch": epoch_c, "row": row_c, "rows": rows,
                                               "fingerprint": fp})
             for cb in callbacks:
                 cb(info)
