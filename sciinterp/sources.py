@@ -225,46 +225,25 @@ class StoreSource:
     def _filled(self, windows: Sequence[list[_Chunk]], first: int) -> Iterator[_Window]:
         """Windows ``first...`` read into (1 + prefetch) reusable buffers, ahead by a thread if ``prefetch``."""
         size = max((sum(c.stop - c.start for c in w) for w in windows), default=0)
-        buffers = [np.empty((size, self._d), np.float32) for _ in range(1 + self.prefetch)]
-        if not self.prefetch:
+        free: queue.Queue = queue.Queue()
+        for _ in range(1 + self.prefetch):
+            free.put(np.empty((size, self._d), np.float32))
+
+        def fill() -> Iterator[_Window]:  # takes a buffer only once the consumer has handed one back
             scratch: list = []
             for i in range(first, len(windows)):
-                yield _Window(i, buffers[0], self._fill(windows[i], buffers[0], scratch))
-            return
-        free: queue.Queue = queue.Queue()
-        full: queue.Queue = queue.Queue()
-        for b in buffers:
-            free.put(b)
-        stop = threading.Event()
+                if (buf := free.get()) is None:
+                    return
+                yield _Window(i, buf, self._fill(windows[i], buf, scratch))
 
-        def work() -> None:
-            scratch: list = []
-            try:
-                for i in range(first, len(windows)):
-                    while True:
-                        if stop.is_set():
-                            return
-                        try:
-                            buf = free.get(timeout=0.1)
-                            break
-                        except queue.Empty:
-                            continue
-                    full.put(_Window(i, buf, self._fill(windows[i], buf, scratch)))
-                full.put(None)
-            except BaseException as err:  # handed to the consumer
-                full.put(err)
-
-        thread = threading.Thread(target=work, name="StoreSource-prefetch", daemon=True)
-        thread.start()
+        ahead = read_ahead(fill(), int(self.prefetch), name="StoreSource-prefetch")
         try:
-            while (item := full.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                free.put(item.buffer)
+            for w in ahead:
+                yield w
+                free.put(w.buffer)
         finally:
-            stop.set()
-            thread.join()
+            free.put(None)  # unblock a reader waiting for a buffer, then stop it
+            ahead.close()
 
     def _windows(self, seed: int, shuffle: bool) -> list[list[_Chunk]]:
         """The pass's chunk order, cut into windows of at most ``buffer_rows`` rows (at least one chunk)."""
@@ -321,8 +300,8 @@ class StoreSource:
 T = TypeVar("T")
 
 
-def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
-    """Yield ``items`` while a background thread produces up to ``depth`` of them ahead.
+def read_ahead(items: Iterable[T], depth: int = 2, name: str = "sciinterp-read-ahead") -> Iterator[T]:
+    """Yield ``items`` while a background thread (called ``name``) produces up to ``depth`` of them ahead.
 
     Overlaps reading (memory-mapped files, stores) with the consumer's compute.  An
     exception in the producer is raised in the consumer; closing the generator stops
@@ -350,7 +329,7 @@ def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
         except BaseException as err:  # handed to the consumer
             full.put(err)
 
-    thread = threading.Thread(target=work, name="sciinterp-read-ahead", daemon=True)
+    thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()
     try:
         while (item := full.get()) is not done:
