@@ -271,6 +271,12 @@ def _step(run: _Run, x: torch.Tensor, n_global: int, lr: float, tc: TrainerConfi
 
 
 
+def _evaluate(sae: SparseAutoencoder, evaluators: Mapping[str, DownstreamEval]) -> dict[str, dict]:
+    """Run every evaluator on ``sae``; the results are also kept as ``sae.evaluations``."""
+    sae.evaluations = {name: dict(fn(sae)) for name, fn in evaluators.items()}
+    return sae.evaluations
+
+
 def fit(
     source: Any, saes: Sequence[SAEConfig], trainer: TrainerConfig, out_dir: str | os.PathLike | None = None, *,
     callbacks: Sequence[Callable[[StepInfo], None]] = (), evaluators: Mapping[str, DownstreamEval] | None = None,
@@ -351,8 +357,8 @@ def fit(
         sae.eval()
         result.append(sae)
     if evaluators:
-        for r, sae in zip(runs, result):
-            sae.evaluations = {name: dict(fn(sae)) for name, fn in evaluators.items()}
+        for sae in result:
+            _evaluate(sae, evaluators)
     return result
 
 
@@ -395,8 +401,7 @@ def train(
         paths.append(path)
     if evaluators and rank == 0:
         for sae, path in zip(result, paths):
-            sae.evaluations = {name: dict(fn(sae)) for name, fn in evaluators.items()}
-            if sae.evaluations:
+            if _evaluate(sae, evaluators):
                 tmp = path / ".eval.json.tmp"
                 tmp.write_text(json.dumps(sae.evaluations, indent=2))
                 os.replace(tmp, path / "eval.json")
